@@ -1,0 +1,70 @@
+//! The GraphQL schema: the contract's roots, composed by area.
+
+pub mod context;
+pub mod error;
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod types;
+
+use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
+
+pub type PlainSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+
+#[derive(MergedObject, Default)]
+pub struct MutationWithClock(mutation::Mutation, mutation::TestClockMutation);
+
+pub type ClockSchema = Schema<query::Query, MutationWithClock, EmptySubscription>;
+
+/// The served schema: the test-clock mutations exist only when enabled, so without
+/// DAYPASS_TEST_CLOCK=1 they are absent, not merely refused.
+#[derive(Clone)]
+pub enum AppSchema {
+    Plain(PlainSchema),
+    WithClock(ClockSchema),
+}
+
+/// Limits against hostile queries.
+fn limited<Q, M, S>(b: SchemaBuilder<Q, M, S>, production: bool) -> SchemaBuilder<Q, M, S> {
+    let b = b
+        .limit_depth(16)
+        .limit_complexity(5_000)
+        .limit_recursive_depth(32)
+        .limit_directives(8);
+    if production {
+        b.disable_introspection().disable_suggestions()
+    } else {
+        b
+    }
+}
+
+impl AppSchema {
+    pub fn build(test_clock: bool, production: bool) -> AppSchema {
+        if test_clock {
+            let b = Schema::build(
+                query::Query,
+                MutationWithClock::default(),
+                EmptySubscription,
+            );
+            AppSchema::WithClock(limited(b, production).finish())
+        } else {
+            let b = Schema::build(query::Query, mutation::Mutation, EmptySubscription);
+            AppSchema::Plain(limited(b, production).finish())
+        }
+    }
+
+    pub async fn execute(&self, req: async_graphql::Request) -> async_graphql::Response {
+        let resp = match self {
+            AppSchema::Plain(s) => s.execute(req).await,
+            AppSchema::WithClock(s) => s.execute(req).await,
+        };
+        error::add_missing_codes(resp)
+    }
+
+    pub fn sdl(&self) -> String {
+        match self {
+            AppSchema::Plain(s) => s.sdl(),
+            AppSchema::WithClock(s) => s.sdl(),
+        }
+    }
+}

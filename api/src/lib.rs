@@ -1,0 +1,53 @@
+//! The `daypass` binary's library: configuration, startup, HTTP and the GraphQL
+//! layer. Resolvers translate GraphQL to `domain` calls and back.
+
+pub mod config;
+pub mod graphql;
+pub mod http;
+pub mod state;
+
+use config::Config;
+use daypass_domain::Db;
+use state::AppState;
+
+/// Connects, migrates, and binds. Returns the bound address and the server future.
+pub async fn start(
+    config: &Config,
+) -> anyhow::Result<(std::net::SocketAddr, AppState, tokio::net::TcpListener)> {
+    if config.test_clock && config.env == "production" {
+        anyhow::bail!("DAYPASS_TEST_CLOCK cannot be used with DAYPASS_ENV=production");
+    }
+    let db = Db::connect(&config.database_url).await?;
+    db.migrate().await?;
+    let state = AppState::new(db, config);
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    Ok((listener.local_addr()?, state, listener))
+}
+
+pub fn init_tracing(format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,60 @@
+use clap::Parser;
+use daypass_api::config::{Cli, Command};
+use daypass_api::{http, init_tracing, shutdown_signal, start};
+use daypass_domain::{Actor, Clock, Db, SystemClock, accounts};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = cli.config;
+    init_tracing(&config.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Schema => {
+            let schema = daypass_api::graphql::AppSchema::build(config.test_clock, false);
+            print!("{}", schema.sdl());
+        }
+        Command::Migrate => {
+            let db = Db::connect(&config.database_url).await?;
+            db.migrate().await?;
+            eprintln!("migrations applied");
+        }
+        Command::CreateAccount {
+            name,
+            admin_email,
+            admin_name,
+        } => {
+            let db = Db::connect(&config.database_url).await?;
+            db.migrate().await?;
+            let input = accounts::NewAccount {
+                name,
+                admin_email,
+                admin_name,
+            };
+            let created = accounts::create_account(&db, &Actor::Operator, SystemClock.now(), input)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!(
+                "account {} created; admin {} (user {})",
+                created.account.id, created.admin.email, created.admin.id
+            );
+            println!("{}", created.admin_api_key);
+        }
+        Command::Serve => {
+            let (addr, state, listener) = start(&config).await?;
+            let workers = (config.workers == "embedded").then(|| {
+                let deps = state.worker_deps();
+                tokio::spawn(daypass_worker::run_until(deps, shutdown_signal()))
+            });
+            let app = http::router(state, config.cors_origins.as_deref());
+            tracing::info!(%addr, workers = %config.workers, "daypass listening; GraphiQL at http://{addr}/graphql");
+            println!("listening on {addr}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            if let Some(w) = workers {
+                let _ = w.await;
+            }
+        }
+    }
+    Ok(())
+}

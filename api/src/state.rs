@@ -1,0 +1,43 @@
+use crate::config::Config;
+use crate::graphql::AppSchema;
+use daypass_domain::{Clock, Db, SystemClock, TestClock, auth::OperatorKey};
+use daypass_worker::WorkerDeps;
+use std::sync::Arc;
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+    /// Present only with DAYPASS_TEST_CLOCK=1.
+    pub test_clock: Option<Arc<TestClock>>,
+    pub operator_key: OperatorKey,
+    pub schema: AppSchema,
+    pub production: bool,
+}
+
+impl AppState {
+    pub fn new(db: Db, config: &Config) -> AppState {
+        let test_clock = config.test_clock.then(|| Arc::new(TestClock::new()));
+        let clock: Arc<dyn Clock> = match &test_clock {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let production = config.env == "production";
+        AppState {
+            db,
+            clock,
+            test_clock,
+            operator_key: OperatorKey::new(config.operator_key.as_deref()),
+            schema: AppSchema::build(config.test_clock, production),
+            production,
+        }
+    }
+
+    pub fn worker_deps(&self) -> WorkerDeps {
+        WorkerDeps {
+            db: self.db.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}

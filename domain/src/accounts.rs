@@ -1,0 +1,235 @@
+//! Accounts: creation by an operator, balance, plan level, threshold.
+
+use crate::access::Actor;
+use crate::auth;
+use crate::db::Db;
+use crate::error::{DomainError, Result};
+use crate::kinds::{PlanLevel, Role, parse};
+use crate::page::{Page, PageRequest};
+use crate::rules;
+use crate::users::{self, NewUser};
+use chrono::{DateTime, Utc};
+use daypass_entity::{account, lot, subscription, user};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub name: String,
+    pub admin_email: String,
+    pub admin_name: String,
+}
+
+/// A new account, its first admin, and that admin's API key (shown this once).
+#[derive(Debug, Clone)]
+pub struct CreatedAccount {
+    pub account: account::Model,
+    pub admin: user::Model,
+    pub admin_api_key: String,
+}
+
+pub(crate) fn clean_name(name: &str, what: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(DomainError::bad_input(format!(
+            "{what} must be 1–200 characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+pub async fn create_account(
+    db: &Db,
+    actor: &Actor,
+    now: DateTime<Utc>,
+    input: NewAccount,
+) -> Result<CreatedAccount> {
+    actor.require_operator()?;
+    let name = clean_name(&input.name, "an account name")?;
+    let admin = NewUser {
+        email: input.admin_email,
+        name: input.admin_name,
+        role: Role::Admin,
+    };
+    let admin = users::validate_new_user(&admin)?;
+    let tx = db.begin_write().await?;
+    let account = account::ActiveModel {
+        name: Set(name),
+        low_balance_threshold: Set(None),
+        restricts_products: Set(false),
+        created_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&*tx)
+    .await?;
+    let admin_api_key = auth::generate_api_key();
+    let admin = users::insert_user(&*tx, account.id, &admin, &admin_api_key, now).await?;
+    tx.commit().await?;
+    Ok(CreatedAccount {
+        account,
+        admin,
+        admin_api_key,
+    })
+}
+
+pub(crate) async fn find_account(conn: &impl ConnectionTrait, id: i32) -> Result<account::Model> {
+    account::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| DomainError::not_found(format!("account {id}")))
+}
+
+/// The account `id`, or the caller's own when `id` is `None` (operators: `None` gives `None`).
+pub async fn get_account(
+    db: &Db,
+    actor: &Actor,
+    id: Option<i32>,
+) -> Result<Option<account::Model>> {
+    let Some(id) = id.or(actor.own_account()) else {
+        return Ok(None);
+    };
+    actor.can_see_account(id)?;
+    match account::Entity::find_by_id(id).one(db.conn()).await? {
+        Some(a) => Ok(Some(a)),
+        None if matches!(actor, Actor::Operator) => Ok(None),
+        None => Err(DomainError::not_found(format!("account {id}"))),
+    }
+}
+
+/// The caller's own account (allowed even when deactivated: it is `viewer`).
+pub async fn viewer_account(db: &Db, actor: &Actor) -> Result<Option<account::Model>> {
+    match actor.own_account() {
+        Some(id) => Ok(account::Entity::find_by_id(id).one(db.conn()).await?),
+        None => Ok(None),
+    }
+}
+
+pub async fn list_accounts(
+    db: &Db,
+    actor: &Actor,
+    page: PageRequest,
+) -> Result<Page<account::Model>> {
+    actor.require_operator()?;
+    let limit = page.limit()?;
+    let mut q = account::Entity::find().order_by_asc(account::Column::Id);
+    if let Some(after) = page.after_id()? {
+        q = q.filter(account::Column::Id.gt(after));
+    }
+    let rows = q.limit(limit + 1).all(db.conn()).await?;
+    Ok(Page::from_rows(rows, limit, |a| a.id))
+}
+
+/// Rule 2: the remaining tokens of unexpired lots, whether or not the sweep has run.
+pub async fn balance_at(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    let remaining: Vec<i64> = lot::Entity::find()
+        .select_only()
+        .column(lot::Column::Remaining)
+        .filter(lot::Column::AccountId.eq(account_id))
+        .filter(lot::Column::ExpiresAt.gt(now))
+        .filter(lot::Column::Remaining.gt(0))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(remaining.into_iter().sum())
+}
+
+pub async fn balance(db: &Db, actor: &Actor, account_id: i32, now: DateTime<Utc>) -> Result<i64> {
+    actor.can_see_account(account_id)?;
+    balance_at(db.conn(), account_id, now).await
+}
+
+/// Rule 14: the explicit threshold, or 20% of the tokens in unexpired lots.
+pub async fn threshold_at(
+    conn: &impl ConnectionTrait,
+    account: &account::Model,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    if let Some(t) = account.low_balance_threshold {
+        return Ok(t);
+    }
+    let quantities: Vec<i64> = lot::Entity::find()
+        .select_only()
+        .column(lot::Column::Quantity)
+        .filter(lot::Column::AccountId.eq(account.id))
+        .filter(lot::Column::ExpiresAt.gt(now))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rules::low_balance_threshold(
+        None,
+        quantities.into_iter().sum(),
+    ))
+}
+
+pub async fn low_balance_threshold(
+    db: &Db,
+    actor: &Actor,
+    account: &account::Model,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    actor.can_see_account(account.id)?;
+    threshold_at(db.conn(), account, now).await
+}
+
+/// Sets an absolute low-balance threshold; sends nothing by itself (rule 14).
+pub async fn set_low_balance_threshold(
+    db: &Db,
+    actor: &Actor,
+    tokens: i64,
+) -> Result<account::Model> {
+    let account_id = actor.target_account(None)?;
+    actor.can_manage(account_id)?;
+    if tokens < 0 {
+        return Err(DomainError::bad_input("a threshold cannot be negative"));
+    }
+    let tx = db.begin_write().await?;
+    let account = find_account(&*tx, account_id).await?;
+    let mut am: account::ActiveModel = account.into();
+    am.low_balance_threshold = Set(Some(tokens));
+    let saved = am.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(saved)
+}
+
+/// Rule 13, read from the account's subscriptions active at `now`.
+pub async fn plan_level_at(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    now: DateTime<Utc>,
+) -> Result<PlanLevel> {
+    let plans: Vec<String> = subscription::Entity::find()
+        .select_only()
+        .column(subscription::Column::PlanLevel)
+        .filter(subscription::Column::AccountId.eq(account_id))
+        .filter(subscription::Column::StartsAt.lte(now))
+        .filter(subscription::Column::EndsAt.gt(now))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let plans = plans
+        .iter()
+        .map(|p| parse::<PlanLevel>(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(rules::plan_level_of(plans))
+}
+
+pub async fn plan_level(
+    db: &Db,
+    actor: &Actor,
+    account_id: i32,
+    now: DateTime<Utc>,
+) -> Result<PlanLevel> {
+    // Part of `viewer`, so a deactivated user may still read their own account's plan.
+    if actor.own_account().is_some_and(|own| own != account_id) {
+        return Err(DomainError::forbidden(
+            "that account belongs to another tenant",
+        ));
+    }
+    plan_level_at(db.conn(), account_id, now).await
+}

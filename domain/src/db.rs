@@ -1,0 +1,121 @@
+//! The system of record: one sea-orm connection, and write transactions that take
+//! the database's write lock up front so concurrent writers queue instead of failing.
+
+use crate::error::Result;
+use daypass_migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use std::{ops::Deref, sync::Arc, time::Duration};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    conn: DatabaseConnection,
+    /// SQLite has one writer: in-process writers wait their turn here rather than in
+    /// SQLite's busy handler. Other processes still serialize through BEGIN IMMEDIATE.
+    write_gate: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction; on SQLite it also holds the in-process write gate.
+pub struct WriteTx {
+    tx: DatabaseTransaction,
+    _gate: Option<OwnedMutexGuard<()>>,
+}
+
+impl Deref for WriteTx {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Connects to `sqlite://…` or `postgres://…`. SQLite gets WAL, a generous busy
+    /// timeout and foreign keys; nothing here changes its durability.
+    pub async fn connect(url: &str) -> Result<Db> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(30));
+        let is_sqlite = url.starts_with("sqlite:");
+        if is_sqlite {
+            opts.max_connections(8).min_connections(1);
+            opts.map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+            });
+        } else {
+            opts.max_connections(32).min_connections(1);
+        }
+        let conn = Database::connect(opts).await?;
+        Ok(Db {
+            conn,
+            write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
+        })
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.conn.get_database_backend()
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend() == DatabaseBackend::Postgres
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        Migrator::up(&self.conn, None).await?;
+        crate::catalog::seed_price_list(self).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.conn.ping().await?;
+        Ok(())
+    }
+
+    /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so a transaction
+    /// never has to upgrade from reader to writer (where SQLite would fail with "database
+    /// is locked" instead of waiting).
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        let gate = match &self.write_gate {
+            Some(g) => Some(g.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self
+            .conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        Ok(WriteTx { tx, _gate: gate })
+    }
+
+    /// Serializes the writers of one account on PostgreSQL (`SELECT … FOR UPDATE` on the
+    /// account row). On SQLite the transaction already holds the database's write lock.
+    pub async fn lock_account(&self, tx: &WriteTx, account_id: i32) -> Result<()> {
+        if self.is_postgres() {
+            tx.execute_raw(sea_orm::Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
+                [account_id.into()],
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! The rules of Daypass (PRODUCT.md), and nothing else.
+//!
+//! Pure rules take `now` as an argument (see [`rules`]); use-cases run them in
+//! transactions over a [`Db`]. Every use-case takes the [`Actor`] it acts for and
+//! checks its rights here, so no caller can forget a tenancy check.
+
+pub mod access;
+pub mod accounts;
+pub mod auth;
+pub mod catalog;
+pub mod charging;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod kinds;
+pub mod ledger;
+pub mod lots;
+pub mod page;
+pub mod rules;
+pub mod subscriptions;
+pub mod users;
+
+pub use access::Actor;
+pub use clock::{Clock, SystemClock, TestClock};
+pub use daypass_entity as entity;
+pub use db::Db;
+pub use error::{DomainError, Result};
+pub use kinds::*;

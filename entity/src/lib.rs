@@ -1,0 +1,14 @@
+//! sea-orm entities of the Daypass storage schema. Storage only: no rules, no GraphQL.
+
+pub mod account;
+pub mod allowed_product;
+pub mod charge;
+pub mod ledger_entry;
+pub mod lot;
+pub mod open;
+pub mod price_band;
+pub mod product;
+pub mod subscription;
+pub mod subscription_seat;
+pub mod user;
+pub mod window;
