@@ -1,0 +1,5 @@
+//! One integration-test binary; each module is one area. Every test runs on the
+//! database `DAYPASS_TEST_DATABASE` names (SQLite when unset).
+
+mod concurrency;
+mod invariants;
