@@ -54,6 +54,16 @@ impl TestServer {
 
     pub async fn start_with(env: &[(&str, &str)]) -> TestServer {
         let (database_url, dir) = TestDb::fresh_url().await;
+        let mut server = Self::start_on(&database_url, env).await;
+        server._dir = dir;
+        server
+    }
+
+    /// Starts `daypass serve` on an existing database (for example one the CLI has
+    /// already written to). Like [`start_with`](Self::start_with), only `env` is
+    /// added to the operator key, the free port and the log level.
+    pub async fn start_on(database_url: &str, env: &[(&str, &str)]) -> TestServer {
+        let database_url = database_url.to_owned();
         let bin = daypass_binary();
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
@@ -94,7 +104,7 @@ impl TestServer {
             base_url: format!("http://{addr}"),
             database_url,
             child,
-            _dir: dir,
+            _dir: None,
             client,
         }
     }

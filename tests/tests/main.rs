@@ -2,4 +2,5 @@
 //! database `DAYPASS_TEST_DATABASE` names (SQLite when unset).
 
 mod concurrency;
+mod e2e;
 mod invariants;

@@ -68,3 +68,25 @@ impl AppSchema {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AppSchema;
+
+    /// The committed SDL is what clients read; regenerate it with
+    /// `cargo run -q -- schema > api/schema.graphql` when the schema changes on purpose.
+    #[test]
+    fn committed_sdl_matches_the_served_schema() {
+        let served = AppSchema::build(false, false).sdl();
+        let committed = include_str!("../../schema.graphql");
+        assert!(served == committed, "api/schema.graphql is stale: regenerate it with `cargo run -q -- schema > api/schema.graphql`");
+    }
+
+    #[test]
+    fn test_clock_mutations_exist_only_when_enabled() {
+        let plain = AppSchema::build(false, false).sdl();
+        let clock = AppSchema::build(true, false).sdl();
+        assert!(!plain.contains("advanceClock") && !plain.contains("runMaintenance"));
+        assert!(clock.contains("advanceClock(hours: Int!): DateTime!") && clock.contains("runMaintenance: Boolean!"));
+    }
+}
