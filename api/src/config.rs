@@ -109,6 +109,19 @@ pub struct Config {
     pub test_clock: bool,
 }
 
+impl Config {
+    pub fn worker_config(&self) -> daypass_worker::WorkerConfig {
+        daypass_worker::WorkerConfig {
+            queue_url: self.queue_url.clone(),
+            database_url: self.database_url.clone(),
+            smtp_url: self.smtp_url.clone(),
+            mail_dir: self.mail_dir.clone(),
+            mail_from: self.mail_from.clone(),
+            public_url: self.public_url.clone(),
+        }
+    }
+}
+
 fn parse_flag(s: &str) -> Result<bool, String> {
     match s {
         "" | "0" | "false" => Ok(false),

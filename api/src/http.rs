@@ -16,6 +16,7 @@ use axum::{
 use daypass_domain::{Actor, DomainError, auth};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
 
 /// Largest request body accepted (a GraphQL document with its variables).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -30,6 +31,10 @@ pub fn router(state: AppState, cors_origins: Option<&str>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // The GraphQL extractor streams the body itself, so `DefaultBodyLimit` (which
+        // only the buffering extractors read) does not bound it: this layer does, for
+        // every route (413 on a larger Content-Length, an error on a longer stream).
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(state);
     if let Some(origins) = cors_origins.filter(|o| !o.trim().is_empty()) {
         let origins: Vec<HeaderValue> = origins

@@ -19,7 +19,7 @@ pub async fn start(
     }
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
-    let state = AppState::new(db, config);
+    let state = AppState::new(db, config).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     Ok((listener.local_addr()?, state, listener))
 }
@@ -37,17 +37,4 @@ pub fn init_tracing(format: &str) {
     };
 }
 
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
+pub use daypass_worker::shutdown_signal;

@@ -14,30 +14,32 @@ pub struct AppState {
     pub operator_key: OperatorKey,
     pub schema: AppSchema,
     pub production: bool,
+    /// The mailer and the job queue, shared with the embedded workers.
+    pub workers: WorkerDeps,
 }
 
 impl AppState {
-    pub fn new(db: Db, config: &Config) -> AppState {
+    pub async fn new(db: Db, config: &Config) -> anyhow::Result<AppState> {
         let test_clock = config.test_clock.then(|| Arc::new(TestClock::new()));
         let clock: Arc<dyn Clock> = match &test_clock {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
         let production = config.env == "production";
-        AppState {
+        let workers =
+            WorkerDeps::connect(db.clone(), clock.clone(), &config.worker_config()).await?;
+        Ok(AppState {
             db,
             clock,
             test_clock,
             operator_key: OperatorKey::new(config.operator_key.as_deref()),
             schema: AppSchema::build(config.test_clock, production),
             production,
-        }
+            workers,
+        })
     }
 
     pub fn worker_deps(&self) -> WorkerDeps {
-        WorkerDeps {
-            db: self.db.clone(),
-            clock: self.clock.clone(),
-        }
+        self.workers.clone()
     }
 }

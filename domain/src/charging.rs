@@ -6,6 +6,7 @@ use crate::accounts::{balance_at, find_account, plan_level_at};
 use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
 use crate::kinds::{AccessSource, DenyReason, LedgerKind, LotStatus, PlanLevel, Role};
+use crate::notifications;
 use crate::rules::{self, SpendableLot};
 use crate::subscriptions::active_seat;
 use crate::users::allowed_product_ids;
@@ -34,6 +35,8 @@ pub struct OpenOutcome {
     pub plan_level: PlanLevel,
     /// The charge this open made, if it made one.
     pub charge_id: Option<i32>,
+    /// Notifications this open created (to be delivered by the workers).
+    pub notifications: Vec<i32>,
 }
 
 /// What the rules decided before any tokens move.
@@ -257,13 +260,18 @@ async fn charge_and_open(
             unit_price_minor: l.unit_price_minor,
         })
         .collect();
+    let account = find_account(&*tx, user.account_id).await?;
+    let balance_before: i64 = spendable.iter().map(|l| l.remaining).sum();
     let Some(draws) = rules::allocate_from_lots(&spendable, product.daily_rate, now) else {
         record
             .write(&*tx, Outcome::Denied(DenyReason::InsufficientTokens))
             .await?;
+        let exhausted = notifications::on_exhausted(&*tx, &account, balance_before, now).await?;
         tx.commit().await?;
         let reason = Some(DenyReason::InsufficientTokens);
-        return finish(db.conn(), user, now, false, None, 0, None, reason, None).await;
+        let mut outcome = finish(db.conn(), user, now, false, None, 0, None, reason, None).await?;
+        outcome.notifications.extend(exhausted);
+        return Ok(outcome);
     };
 
     let window_ends_at = now + rules::WINDOW;
@@ -327,8 +335,18 @@ async fn charge_and_open(
     record
         .write(&*tx, Outcome::Charged(charge.id, product.daily_rate))
         .await?;
+    let balance_after = balance_before - product.daily_rate;
+    let low = notifications::on_charge(
+        &*tx,
+        &account,
+        balance_before,
+        balance_after,
+        charge.id,
+        now,
+    )
+    .await?;
     tx.commit().await?;
-    finish(
+    let mut outcome = finish(
         db.conn(),
         user,
         now,
@@ -339,7 +357,9 @@ async fn charge_and_open(
         None,
         Some(charge.id),
     )
-    .await
+    .await?;
+    outcome.notifications.extend(low);
+    Ok(outcome)
 }
 
 /// Points the user's window for the product at the new charge. The update only
@@ -397,6 +417,7 @@ async fn finish(
         balance: balance_at(conn, user.account_id, now).await?,
         plan_level: plan_level_at(conn, user.account_id, now).await?,
         charge_id,
+        notifications: Vec::new(),
     })
 }
 

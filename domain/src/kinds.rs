@@ -2,6 +2,7 @@
 
 use crate::error::DomainError;
 
+/// A closed vocabulary stored as upper-case names.
 macro_rules! vocabulary {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
@@ -16,11 +17,11 @@ macro_rules! vocabulary {
         }
 
         impl std::str::FromStr for $name {
-            type Err = DomainError;
-            fn from_str(s: &str) -> Result<Self, DomainError> {
+            type Err = $crate::error::DomainError;
+            fn from_str(s: &str) -> Result<Self, $crate::error::DomainError> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    other => Err(DomainError::Internal(format!(
+                    other => Err($crate::error::DomainError::Internal(format!(
                         concat!("unknown ", stringify!($name), " {:?} in storage"), other
                     ))),
                 }
@@ -34,6 +35,7 @@ macro_rules! vocabulary {
         }
     };
 }
+pub(crate) use vocabulary;
 
 vocabulary!(
     /// What a caller may do (rule 19).

@@ -15,6 +15,7 @@ pub mod error;
 pub mod kinds;
 pub mod ledger;
 pub mod lots;
+pub mod notifications;
 pub mod page;
 pub mod rules;
 pub mod subscriptions;

@@ -8,6 +8,8 @@ pub const SELF_SERVICE_LIMIT: i64 = 10_000;
 /// Largest quantity one purchase may carry at all, so money stays well inside i64
 /// and the contract's 32-bit integers.
 pub const MAX_PURCHASE_QUANTITY: i64 = 10_000_000;
+/// The list price stops here: above it an operator gives the unit price (rule 4).
+pub const LIST_PRICE_TOP: i64 = 50_000;
 /// A charge opens a window of this length (rule 10).
 pub const WINDOW: Duration = Duration::hours(24);
 /// Default low-balance threshold: this percentage of the tokens in unexpired lots (rule 14).
@@ -197,9 +199,9 @@ pub fn validate_bands(bands: &[Band]) -> Result<(), String> {
         expected_min = b.max_quantity + 1;
     }
     let top = expected_min - 1;
-    if top < SELF_SERVICE_LIMIT {
+    if top != LIST_PRICE_TOP {
         return Err(format!(
-            "the bands must cover at least the self-service limit of {SELF_SERVICE_LIMIT}"
+            "the bands must end at {LIST_PRICE_TOP} tokens, not {top}"
         ));
     }
     if bands
@@ -208,11 +210,6 @@ pub fn validate_bands(bands: &[Band]) -> Result<(), String> {
     {
         return Err(format!(
             "a band must end at the self-service limit of {SELF_SERVICE_LIMIT}"
-        ));
-    }
-    if top > MAX_PURCHASE_QUANTITY {
-        return Err(format!(
-            "bands may not go beyond {MAX_PURCHASE_QUANTITY} tokens"
         ));
     }
     Ok(())
@@ -418,12 +415,22 @@ mod tests {
             },
         ];
         assert!(validate_bands(&gap).is_err());
-        let straddle = vec![Band {
-            min_quantity: 1,
-            max_quantity: 12_000,
+        let band = |min_quantity, max_quantity| Band {
+            min_quantity,
+            max_quantity,
             unit_price_minor: 1,
-        }];
-        assert!(validate_bands(&straddle).is_err());
+        };
+        let straddle = vec![band(1, 12_000), band(12_001, 50_000)];
+        assert!(
+            validate_bands(&straddle)
+                .unwrap_err()
+                .contains("self-service")
+        );
+        let short = vec![band(1, 10_000), band(10_001, 40_000)];
+        assert!(validate_bands(&short).unwrap_err().contains("50000"));
+        let long = vec![band(1, 10_000), band(10_001, 60_000)];
+        assert!(validate_bands(&long).is_err());
+        assert!(validate_bands(&[band(1, 10_000), band(10_001, 50_000)]).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod allowed_product;
 pub mod charge;
 pub mod ledger_entry;
 pub mod lot;
+pub mod notification;
 pub mod open;
 pub mod price_band;
 pub mod product;

@@ -15,6 +15,7 @@ use sea_orm::{ConnectionTrait, Database};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod server;
+pub mod smtp;
 
 pub use server::TestServer;
 

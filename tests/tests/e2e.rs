@@ -714,7 +714,7 @@ async fn error_codes_follow_the_contract() {
     }
 
     // Denials are data, with no errors, whatever the reason.
-    let (_m, member) = create_user(&s, admin_a, "m@alpha.test", "MEMBER").await;
+    let (member_id, member) = create_user(&s, admin_a, "m@alpha.test", "MEMBER").await;
     let r = open(&s, &member, "cad", None).await;
     assert_denied(&r, "NOT_ASSIGNED");
     assert_eq!(r["balance"], 0);
@@ -727,7 +727,7 @@ async fn error_codes_follow_the_contract() {
     s.ok(
         Some(admin_a),
         "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
-        json!({"u": [_m]}),
+        json!({"u": [member_id]}),
     )
     .await;
     assert_denied(&open(&s, &member, "cad", None).await, "INSUFFICIENT_TOKENS");
@@ -738,8 +738,11 @@ async fn error_codes_follow_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_test_clock_its_mutations_do_not_exist() {
-    let mutation_fields = "{ __type(name: \"Mutation\") { fields { name } } }";
+    // The root keeps the contract's name `Mutation` with or without the test clock.
+    let mutation_fields =
+        "{ __schema { mutationType { name } } __type(name: \"Mutation\") { fields { name } } }";
     let names = |d: &Value| -> BTreeSet<String> {
+        assert_eq!(d["__schema"]["mutationType"]["name"], "Mutation");
         d["__type"]["fields"]
             .as_array()
             .unwrap()
@@ -829,8 +832,7 @@ async fn hostile_queries_are_refused_and_the_server_keeps_answering() {
     let resp = s.gql(Some(admin), &deep, json!({})).await;
     assert!(
         resp["errors"].as_array().is_some_and(|e| !e.is_empty()),
-        "deep query answered: {}",
-        &resp.to_string()[..200.min(resp.to_string().len())]
+        "a 30-level query was answered"
     );
     assert!(resp["data"].is_null());
     still_answers(&s, admin).await;

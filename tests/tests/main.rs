@@ -4,3 +4,4 @@
 mod concurrency;
 mod e2e;
 mod invariants;
+mod rules;

@@ -1,29 +1,136 @@
 //! Daypass's background jobs: thin adapters that schedule and run `domain` use-cases
 //! on apalis. `daypass serve` embeds them; `daypass-worker` runs them alone.
+//!
+//! Jobs (all registered in [`build_monitor`]):
+//! - the expiry sweep, every minute (apalis-cron);
+//! - the outbox dispatcher, every 10 seconds: records due expiry reminders and
+//!   (re-)enqueues every due notification;
+//! - the notification sender, consuming the job queue (SQLite, PostgreSQL or Redis).
 
+pub mod email;
 pub mod expiry;
+pub mod mailer;
+pub mod notify;
+pub mod queue;
 
 use apalis::prelude::*;
 use daypass_domain::{Clock, Db};
-use std::{future::Future, sync::Arc, time::Duration};
+use email::MailSettings;
+use mailer::Mailer;
+use queue::{JobQueue, SendFn};
+use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
+
+/// How the workers reach the outside world (RUNNING.md's variables).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// DAYPASS_QUEUE_URL; `None` means the database URL.
+    pub queue_url: Option<String>,
+    pub database_url: String,
+    pub smtp_url: Option<String>,
+    pub mail_dir: String,
+    pub mail_from: String,
+    pub public_url: String,
+}
 
 /// What every job needs.
 #[derive(Clone)]
 pub struct WorkerDeps {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
+    pub mailer: Arc<Mailer>,
+    pub mail: MailSettings,
+    /// Where send jobs go; without one, notifications are delivered in the task that
+    /// created or found them.
+    pub queue: Option<JobQueue>,
+}
+
+impl WorkerDeps {
+    pub async fn connect(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        config: &WorkerConfig,
+    ) -> anyhow::Result<WorkerDeps> {
+        let queue_url = config
+            .queue_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or(config.database_url.clone());
+        let queue = JobQueue::connect(&queue_url).await?;
+        Self::with_queue(db, clock, config, Some(queue))
+    }
+
+    pub fn with_queue(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        config: &WorkerConfig,
+        queue: Option<JobQueue>,
+    ) -> anyhow::Result<WorkerDeps> {
+        let mailer = Mailer::from_config(config.smtp_url.as_deref(), &config.mail_dir)?;
+        let mail = MailSettings {
+            from: config.mail_from.clone(),
+            public_url: config.public_url.clone(),
+        };
+        // Fail at start, not at the first e-mail, on a sender that cannot parse.
+        mail.from.parse::<lettre::message::Mailbox>().map_err(|e| {
+            anyhow::anyhow!("DAYPASS_MAIL_FROM {:?} is not a mailbox: {e}", mail.from)
+        })?;
+        Ok(WorkerDeps {
+            db,
+            clock,
+            mailer: Arc::new(mailer),
+            mail,
+            queue,
+        })
+    }
+}
+
+/// The dispatcher's schedule: every 10 seconds.
+pub const DISPATCH_SCHEDULE: &str = "*/10 * * * * *";
+
+async fn on_dispatch_tick(
+    _tick: apalis_cron::Tick,
+    deps: Data<WorkerDeps>,
+) -> Result<(), BoxDynError> {
+    notify::dispatch_due(&deps).await?;
+    Ok(())
 }
 
 /// One place that registers every job.
 pub fn build_monitor(deps: WorkerDeps) -> Monitor {
-    Monitor::new()
+    let sweep_deps = deps.clone();
+    let dispatch_deps = deps.clone();
+    let mut monitor = Monitor::new()
         .shutdown_timeout(Duration::from_secs(30))
         .register(move |_restarts| {
             WorkerBuilder::new("expiry-sweep")
                 .backend(expiry::scheduler())
-                .data(deps.clone())
+                .data(sweep_deps.clone())
                 .build(expiry::on_tick)
         })
+        .register(move |_restarts| {
+            let schedule =
+                cron::Schedule::from_str(DISPATCH_SCHEDULE).expect("valid cron schedule");
+            WorkerBuilder::new("outbox-dispatcher")
+                .backend(apalis_cron::CronScheduler::new(schedule))
+                .data(dispatch_deps.clone())
+                .build(on_dispatch_tick)
+        });
+    if let Some(queue) = deps.queue.clone() {
+        let send_deps = deps.clone();
+        let send: SendFn = Arc::new(move |job| {
+            let deps = send_deps.clone();
+            Box::pin(async move {
+                // Send failures are recorded on the notification and retried by the
+                // dispatcher with backoff; only an unreachable database fails the job.
+                notify::deliver(&deps, job.notification_id)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        });
+        monitor = queue.register_consumer(monitor, send);
+    }
+    monitor
 }
 
 /// Runs every worker until `shutdown` resolves, then lets running jobs finish.
@@ -40,15 +147,39 @@ pub async fn run_until(
         .map_err(|e| anyhow::anyhow!("workers stopped with an error: {e}"))
 }
 
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
 /// What one maintenance pass did.
 #[derive(Debug, Clone, Default)]
 pub struct MaintenanceReport {
     pub lots_expired: u64,
+    pub notifications_sent: usize,
+    pub notifications_failed: usize,
 }
 
 /// Runs every periodic job once, now, and returns when all are done (the test
-/// clock's `runMaintenance`).
+/// clock's `runMaintenance`): the expiry sweep, then every due notification is
+/// delivered or has failed.
 pub async fn run_maintenance_now(deps: &WorkerDeps) -> daypass_domain::Result<MaintenanceReport> {
     let lots_expired = expiry::sweep_now(deps).await?;
-    Ok(MaintenanceReport { lots_expired })
+    let (notifications_sent, notifications_failed) = notify::deliver_due_now(deps).await?;
+    Ok(MaintenanceReport {
+        lots_expired,
+        notifications_sent,
+        notifications_failed,
+    })
 }

@@ -2,13 +2,14 @@
 
 use clap::Parser;
 use daypass_domain::{Db, SystemClock};
-use daypass_worker::{WorkerDeps, run_until};
+use daypass_worker::{WorkerConfig, WorkerDeps, run_until};
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "daypass-worker",
-    about = "Daypass background workers (expiry sweeps)"
+    version,
+    about = "Daypass background workers: expiry sweeps and e-mail"
 )]
 struct Args {
     /// `sqlite://…` or `postgres://…`
@@ -18,8 +19,27 @@ struct Args {
         default_value = "sqlite://daypass.db?mode=rwc"
     )]
     database_url: String,
+    /// Where the job queue lives (defaults to the database URL).
+    #[arg(long, env = "DAYPASS_QUEUE_URL")]
+    queue_url: Option<String>,
+    #[arg(long, env = "DAYPASS_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    #[arg(long, env = "DAYPASS_MAIL_DIR", default_value = "./outbox")]
+    mail_dir: String,
+    #[arg(
+        long,
+        env = "DAYPASS_MAIL_FROM",
+        default_value = "Daypass <no-reply@localhost>"
+    )]
+    mail_from: String,
+    #[arg(
+        long,
+        env = "DAYPASS_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    public_url: String,
     /// `json` for structured logs.
-    #[arg(long, env = "DAYPASS_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "DAYPASS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
 
@@ -28,40 +48,34 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
+        fmt.json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        fmt.init();
     }
     let db = Db::connect(&args.database_url).await?;
     db.migrate().await?;
-    let deps = WorkerDeps {
-        db,
-        clock: Arc::new(SystemClock),
+    let config = WorkerConfig {
+        queue_url: args.queue_url,
+        database_url: args.database_url,
+        smtp_url: args.smtp_url,
+        mail_dir: args.mail_dir,
+        mail_from: args.mail_from,
+        public_url: args.public_url,
     };
-    tracing::info!("daypass-worker running");
+    let deps = WorkerDeps::connect(db, Arc::new(SystemClock), &config).await?;
+    tracing::info!(
+        queue = deps.queue.as_ref().map_or("none", |q| q.backend_name()),
+        mail = %deps.mailer.describe(),
+        "daypass-worker running"
+    );
+    println!("daypass-worker running");
     run_until(deps, async {
-        shutdown_signal().await;
+        daypass_worker::shutdown_signal().await;
         tracing::info!("shutting down: finishing running jobs");
     })
     .await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

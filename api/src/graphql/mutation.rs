@@ -69,10 +69,13 @@ pub struct PriceBandInput {
     pub unit_price_minor: i64,
 }
 
+/// The contract's mutations. Served as the root `Mutation` through
+/// [`super::PlainMutation`] or [`super::MutationWithClock`]; its own GraphQL name
+/// never appears in the schema.
 #[derive(Default)]
 pub struct Mutation;
 
-#[Object]
+#[Object(name = "ContractMutation")]
 impl Mutation {
     /// Operators only.
     async fn create_account(
@@ -117,8 +120,8 @@ impl Mutation {
         ))
     }
 
-    /// Operators only: replaces the price list. Bands run contiguously from 1, and one
-    /// ends at the self-service limit of 10,000.
+    /// Operators only: replaces the price list. Bands run contiguously from 1 to 50,000,
+    /// and one ends at the self-service limit of 10,000.
     async fn set_price_list(
         &self,
         ctx: &Context<'_>,
@@ -288,10 +291,11 @@ impl Mutation {
             product_code: input.product_code,
             version: input.version,
         };
-        Ok(charging::open_product(r.db(), r.actor(), r.now, req)
+        let outcome = charging::open_product(r.db(), r.actor(), r.now, req)
             .await
-            .gql()?
-            .into())
+            .gql()?;
+        daypass_worker::notify::enqueue(&r.state.workers, &outcome.notifications).await;
+        Ok(outcome.into())
     }
 }
 

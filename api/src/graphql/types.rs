@@ -111,6 +111,7 @@ connection!(TokenLotConnection, TokenLotEdge, TokenLot);
 connection!(UserConnection, UserEdge, User);
 connection!(LedgerEntryConnection, LedgerEntryEdge, LedgerEntry);
 connection!(ChargeConnection, ChargeEdge, Charge);
+connection!(NotificationConnection, NotificationEdge, Notification);
 
 pub struct Viewer;
 
@@ -268,6 +269,61 @@ impl Account {
         .await
         .gql()?;
         Ok(ChargeConnection::from_page(page, Charge))
+    }
+    async fn notifications(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "Some(50)")] first: Option<i64>,
+        after: Option<String>,
+    ) -> Result<NotificationConnection> {
+        let r = Req::of(ctx)?;
+        let page = domain::notifications::list_notifications(
+            r.db(),
+            r.actor(),
+            self.0.id,
+            PageRequest::new(first, after),
+        )
+        .await
+        .gql()?;
+        Ok(NotificationConnection::from_page(page, Notification))
+    }
+}
+
+/// An e-mail to the account's admins, from the outbox: PENDING until sent (SENT) or
+/// given up after repeated failures (DEAD).
+pub struct Notification(pub entity::notification::Model);
+
+#[Object]
+impl Notification {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// LOW_BALANCE, TOKENS_EXHAUSTED or EXPIRY_REMINDER.
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn sent_at(&self) -> Option<DateTime<Utc>> {
+        self.0.sent_at
+    }
+    async fn recipients(&self) -> Result<Vec<String>> {
+        serde_json::from_str(&self.0.recipients).map_err(|e| {
+            super::error::gql(domain::DomainError::Internal(format!("recipients: {e}")))
+        })
+    }
+    /// PENDING, SENT or DEAD.
+    async fn state(&self) -> &str {
+        &self.0.state
+    }
+    /// Delivery attempts made so far.
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+    /// Why the last attempt failed, if it did.
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
     }
 }
 

@@ -15,20 +15,34 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200);
     let server = TestServer::start().await;
     let op = Some(OPERATOR_KEY);
     for i in 0..4 {
         server
-            .ok(op, "mutation($c:String!){upsertProduct(input:{code:$c,name:$c,dailyRate:5}){id}}", json!({"c": format!("p{i}")}))
+            .ok(
+                op,
+                "mutation($c:String!){upsertProduct(input:{code:$c,name:$c,dailyRate:5}){id}}",
+                json!({"c": format!("p{i}")}),
+            )
             .await;
     }
     let created = server
         .ok(op, r#"mutation{createAccount(input:{name:"Bench",adminEmail:"a@bench.test",adminName:"A"}){adminApiKey}}"#, json!({}))
         .await;
-    let admin = created["createAccount"]["adminApiKey"].as_str().unwrap().to_owned();
+    let admin = created["createAccount"]["adminApiKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     server
-        .ok(Some(&admin), r#"mutation{purchaseTokens(input:{quantity:10000,idempotencyKey:"b"}){id}}"#, json!({}))
+        .ok(
+            Some(&admin),
+            r#"mutation{purchaseTokens(input:{quantity:10000,idempotencyKey:"b"}){id}}"#,
+            json!({}),
+        )
         .await;
     let users = n.div_ceil(4);
     let mut keys = Vec::new();
@@ -41,7 +55,13 @@ async fn main() {
             )
             .await;
         let id = d["createUser"]["user"]["id"].as_str().unwrap().to_owned();
-        server.ok(Some(&admin), "mutation($i:[ID!]!){assignFlex(userIds:$i,assigned:true){id}}", json!({"i": [id]})).await;
+        server
+            .ok(
+                Some(&admin),
+                "mutation($i:[ID!]!){assignFlex(userIds:$i,assigned:true){id}}",
+                json!({"i": [id]}),
+            )
+            .await;
         keys.push(d["createUser"]["apiKey"].as_str().unwrap().to_owned());
     }
     let open = "mutation($c:String!){openProduct(input:{productCode:$c}){granted tokensCharged}}";
@@ -57,7 +77,11 @@ async fn main() {
             assert_eq!(d["openProduct"]["granted"], true);
         }
     }
-    let backend = if daypass_tests::on_postgres() { "PostgreSQL" } else { "SQLite" };
+    let backend = if daypass_tests::on_postgres() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     println!(
         "{backend}: openProduct over HTTP, {n} sequential each: charging median {:.2} ms, reopen median {:.2} ms",
         median(charging).as_secs_f64() * 1e3,

@@ -1,0 +1,152 @@
+//! How each notification reads as an e-mail: subject, plain text and HTML.
+
+use chrono::SecondsFormat;
+use daypass_domain::notifications::{Delivery, NotificationKind};
+use lettre::Message;
+use lettre::message::{Mailbox, MultiPart, header};
+
+/// Sender and links for every e-mail.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    pub from: String,
+    pub public_url: String,
+}
+
+/// The Message-ID of a notification's e-mail: the same on every attempt, so a
+/// resend after a crash is recognisable as the same message.
+pub fn message_id(id: i32, public_url: &str) -> String {
+    let host = public_url
+        .split("://")
+        .nth(1)
+        .unwrap_or(public_url)
+        .split(['/', ':'])
+        .next()
+        .filter(|h| !h.is_empty())
+        .unwrap_or("daypass.local");
+    format!("<notification-{id}@{host}>")
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// Subject, and body paragraphs (plain text; HTML is derived from them).
+fn wording(d: &Delivery) -> (String, Vec<String>) {
+    let f = &d.facts;
+    let name = &f.account_name;
+    match d.kind {
+        NotificationKind::LowBalance => (
+            format!("Daypass: {name} is low on tokens ({} left)", f.balance),
+            vec![
+                format!(
+                    "The token balance of {name} fell below its low-balance threshold of {} tokens.",
+                    f.threshold.unwrap_or_default()
+                ),
+                format!("Balance now: {} tokens.", f.balance),
+                "Buy tokens to keep your users' products open.".to_owned(),
+            ],
+        ),
+        NotificationKind::TokensExhausted => (
+            format!("Daypass: {name} has run out of tokens"),
+            vec![
+                format!(
+                    "A user of {name} was refused a product because the account has too few tokens."
+                ),
+                format!("Balance now: {} tokens.", f.balance),
+                "Access returns as soon as tokens are bought.".to_owned(),
+            ],
+        ),
+        NotificationKind::ExpiryReminder => {
+            let mut lines = vec![format!(
+                "Tokens of {name} expire soon; unused tokens do not roll over."
+            )];
+            for lot in &f.lots {
+                lines.push(format!(
+                    "Lot {}: {} tokens left, expiring {}.",
+                    lot.lot_id,
+                    lot.remaining,
+                    lot.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ));
+            }
+            lines.push(format!("Balance now: {} tokens.", f.balance));
+            let left: i64 = f.lots.iter().map(|l| l.remaining).sum();
+            (
+                format!("Daypass: {left} tokens of {name} expire within 90 days"),
+                lines,
+            )
+        }
+    }
+}
+
+/// The e-mail for one delivery, to every recipient.
+pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> {
+    let (subject, paragraphs) = wording(d);
+    let link = format!("{}/graphql", settings.public_url.trim_end_matches('/'));
+    let text = format!("{}\n\nOpen Daypass: {link}\n", paragraphs.join("\n\n"));
+    let html = format!(
+        "<!doctype html><html><body><h1>{}</h1>{}<p><a href=\"{}\">Open Daypass</a></p></body></html>",
+        escape(&subject),
+        paragraphs
+            .iter()
+            .map(|p| format!("<p>{}</p>", escape(p)))
+            .collect::<String>(),
+        escape(&link)
+    );
+    let from: Mailbox = settings
+        .from
+        .parse()
+        .map_err(|e| format!("DAYPASS_MAIL_FROM {:?}: {e}", settings.from))?;
+    let mut builder = Message::builder()
+        .from(from)
+        .subject(subject)
+        .message_id(Some(message_id(d.id, &settings.public_url)))
+        .header(header::MIME_VERSION_1_0);
+    for r in &d.recipients {
+        builder = builder.to(r.parse().map_err(|e| format!("recipient {r:?}: {e}"))?);
+    }
+    builder
+        .multipart(MultiPart::alternative_plain_html(text, html))
+        .map_err(|e| format!("building the e-mail: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daypass_domain::notifications::Facts;
+
+    #[test]
+    fn low_balance_mail_names_account_balance_threshold_and_link() {
+        let d = Delivery {
+            id: 42,
+            kind: NotificationKind::LowBalance,
+            recipients: vec!["ann@acme.test".into()],
+            facts: Facts {
+                account_id: 1,
+                account_name: "Acme <R&D>".into(),
+                balance: 15,
+                threshold: Some(20),
+                lots: vec![],
+                at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            },
+            attempt: 1,
+        };
+        let settings = MailSettings {
+            from: "Daypass <no-reply@localhost>".into(),
+            public_url: "https://daypass.example/".into(),
+        };
+        let raw = String::from_utf8(render(&d, &settings).unwrap().formatted()).unwrap();
+        assert!(raw.contains("Message-ID: <notification-42@daypass.example>"));
+        assert!(raw.contains("To: ann@acme.test"));
+        assert!(raw.contains("text/plain") && raw.contains("text/html"));
+        assert!(raw.contains("threshold of 20 tokens"));
+        assert!(
+            raw.contains("Acme &lt;R&amp;D&gt;"),
+            "HTML part escapes the name"
+        );
+        assert!(raw.contains("https://daypass.example/graphql"));
+    }
+}

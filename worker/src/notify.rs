@@ -1,0 +1,96 @@
+//! Delivering the notification outbox: one attempt per job, the outcome recorded
+//! in the notification itself, and a periodic dispatcher that (re-)enqueues every
+//! due notification, so a crash between commit and push, or mid-send, loses none.
+
+use crate::WorkerDeps;
+use crate::email;
+use crate::queue::SendNotification;
+use daypass_domain::notifications::{self, NotificationState};
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Sent,
+    Failed(NotificationState),
+    /// Sent, dead, not due, or held by another sender: nothing done.
+    Skipped,
+}
+
+/// One attempt to deliver notification `id`.
+pub async fn deliver(deps: &WorkerDeps, id: i32) -> daypass_domain::Result<Attempt> {
+    let now = deps.clock.now();
+    let Some(delivery) = notifications::lease_for_delivery(&deps.db, id, now).await? else {
+        return Ok(Attempt::Skipped);
+    };
+    if delivery.recipients.is_empty() {
+        notifications::mark_dead(&deps.db, id, "the account has no active admin to notify").await?;
+        return Ok(Attempt::Failed(NotificationState::Dead));
+    }
+    let sent = match email::render(&delivery, &deps.mail) {
+        Ok(message) => deps.mailer.send(message).await,
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(()) => {
+            notifications::mark_sent(&deps.db, id, deps.clock.now()).await?;
+            tracing::info!(notification = id, kind = %delivery.kind, "notification sent");
+            Ok(Attempt::Sent)
+        }
+        Err(error) => {
+            let state =
+                notifications::mark_failed(&deps.db, &delivery, &error, deps.clock.now()).await?;
+            tracing::warn!(notification = id, attempt = delivery.attempt, %state, %error, "notification not sent");
+            Ok(Attempt::Failed(state))
+        }
+    }
+}
+
+/// Hands new notifications to the queue right after their transaction committed.
+/// A failed push is only logged: the dispatcher finds the notification anyway.
+pub async fn enqueue(deps: &WorkerDeps, ids: &[i32]) {
+    for &id in ids {
+        match &deps.queue {
+            Some(q) => {
+                if let Err(e) = q
+                    .push(SendNotification {
+                        notification_id: id,
+                    })
+                    .await
+                {
+                    tracing::warn!(notification = id, error = %e, "could not enqueue; the dispatcher will");
+                }
+            }
+            None => {
+                if let Err(e) = deliver(deps, id).await {
+                    tracing::warn!(notification = id, error = %e, "delivery failed; the dispatcher will retry");
+                }
+            }
+        }
+    }
+}
+
+/// The periodic pass: expiry reminders that came due, then every due notification
+/// enqueued (or, without a queue, delivered here).
+pub async fn dispatch_due(deps: &WorkerDeps) -> daypass_domain::Result<usize> {
+    let now = deps.clock.now();
+    notifications::record_expiry_reminders(&deps.db, now).await?;
+    let due = notifications::due_notifications(&deps.db, now, 500).await?;
+    enqueue(deps, &due).await;
+    Ok(due.len())
+}
+
+/// Delivers every due notification now, in this task, and returns when each has
+/// been sent or has failed (the test clock's `runMaintenance`).
+pub async fn deliver_due_now(deps: &WorkerDeps) -> daypass_domain::Result<(usize, usize)> {
+    let now = deps.clock.now();
+    notifications::record_expiry_reminders(&deps.db, now).await?;
+    let (mut sent, mut failed) = (0, 0);
+    for id in notifications::due_notifications(&deps.db, now, 10_000).await? {
+        match deliver(deps, id).await? {
+            Attempt::Sent => sent += 1,
+            Attempt::Failed(_) => failed += 1,
+            Attempt::Skipped => {}
+        }
+    }
+    Ok((sent, failed))
+}
