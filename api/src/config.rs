@@ -48,6 +48,9 @@ pub struct Config {
     /// Where the job queue lives (defaults to the database URL).
     #[arg(long, env = "DAYPASS_QUEUE_URL", global = true)]
     pub queue_url: Option<String>,
+    /// The job queue's name (default `daypass.send_notification`).
+    #[arg(long, env = "DAYPASS_QUEUE_NAME", global = true)]
+    pub queue_name: Option<String>,
     /// API address; port 0 picks a free port (printed at start).
     #[arg(
         long,
@@ -113,6 +116,7 @@ impl Config {
     pub fn worker_config(&self) -> daypass_worker::WorkerConfig {
         daypass_worker::WorkerConfig {
             queue_url: self.queue_url.clone(),
+            queue_name: self.queue_name.clone(),
             database_url: self.database_url.clone(),
             smtp_url: self.smtp_url.clone(),
             mail_dir: self.mail_dir.clone(),

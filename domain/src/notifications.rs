@@ -239,6 +239,16 @@ pub async fn due_notifications(db: &Db, now: DateTime<Utc>, limit: u64) -> Resul
         .await?)
 }
 
+/// How many notifications a sender holds right now (an attempt under way).
+pub async fn in_flight(db: &Db, now: DateTime<Utc>) -> Result<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(notification::Entity::find()
+        .filter(notification::Column::State.eq(NotificationState::Pending.as_str()))
+        .filter(notification::Column::LeaseUntil.gt(now))
+        .count(db.conn())
+        .await?)
+}
+
 /// A notification leased to one sender for one attempt.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -25,6 +25,9 @@ use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
 pub struct WorkerConfig {
     /// DAYPASS_QUEUE_URL; `None` means the database URL.
     pub queue_url: Option<String>,
+    /// DAYPASS_QUEUE_NAME: processes that share a queue server but not a database
+    /// (tests, staging beside production) need different names.
+    pub queue_name: Option<String>,
     pub database_url: String,
     pub smtp_url: Option<String>,
     pub mail_dir: String,
@@ -55,7 +58,11 @@ impl WorkerDeps {
             .clone()
             .filter(|u| !u.is_empty())
             .unwrap_or(config.database_url.clone());
-        let queue = JobQueue::connect(&queue_url).await?;
+        let mut queue_config = queue::QueueConfig::default();
+        if let Some(name) = config.queue_name.clone().filter(|n| !n.is_empty()) {
+            queue_config.queue = name;
+        }
+        let queue = JobQueue::connect_with(&queue_url, queue_config).await?;
         Self::with_queue(db, clock, config, Some(queue))
     }
 
@@ -101,6 +108,12 @@ pub fn build_monitor(deps: WorkerDeps) -> Monitor {
     let dispatch_deps = deps.clone();
     let mut monitor = Monitor::new()
         .shutdown_timeout(Duration::from_secs(30))
+        // A worker stopped by a passing error (say, the database was briefly
+        // unreachable during a heartbeat) comes back instead of staying down.
+        .should_restart(|ctx, error| {
+            tracing::warn!(worker = %ctx.name(), %error, "worker stopped with an error; restarting");
+            true
+        })
         .register(move |_restarts| {
             WorkerBuilder::new("expiry-sweep")
                 .backend(expiry::scheduler())

@@ -22,6 +22,9 @@ struct Args {
     /// Where the job queue lives (defaults to the database URL).
     #[arg(long, env = "DAYPASS_QUEUE_URL")]
     queue_url: Option<String>,
+    /// The queue's name (default `daypass.send_notification`).
+    #[arg(long, env = "DAYPASS_QUEUE_NAME")]
+    queue_name: Option<String>,
     #[arg(long, env = "DAYPASS_SMTP_URL", hide_env_values = true)]
     smtp_url: Option<String>,
     #[arg(long, env = "DAYPASS_MAIL_DIR", default_value = "./outbox")]
@@ -60,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
     db.migrate().await?;
     let config = WorkerConfig {
         queue_url: args.queue_url,
+        queue_name: args.queue_name,
         database_url: args.database_url,
         smtp_url: args.smtp_url,
         mail_dir: args.mail_dir,

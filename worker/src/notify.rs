@@ -92,5 +92,12 @@ pub async fn deliver_due_now(deps: &WorkerDeps) -> daypass_domain::Result<(usize
             Attempt::Skipped => {}
         }
     }
+    // Attempts other senders (the queue's consumers) have under way finish too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while notifications::in_flight(&deps.db, deps.clock.now()).await? > 0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     Ok((sent, failed))
 }
