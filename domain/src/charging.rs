@@ -100,55 +100,17 @@ pub async fn open_product(
         version: version.as_deref(),
         now,
     };
-    match (decision, product.as_ref()) {
-        (Decision::Charge, Some(product)) => charge_and_open(db, record, product).await,
-        (Decision::Deny(reason), _) => {
-            record.write_alone(db, Outcome::Denied(reason)).await?;
-            finish(
-                db.conn(),
-                &user,
-                now,
-                false,
-                None,
-                0,
-                None,
-                Some(reason),
-                None,
-            )
-            .await
+    let outcome = match (decision, product.as_ref()) {
+        (Decision::Charge, Some(product)) => return charge_and_open(db, record, product).await,
+        (Decision::Charge, None) => {
+            return Err(DomainError::Internal("a charge needs a product".into()));
         }
-        (Decision::Subscription, _) => {
-            record.write_alone(db, Outcome::Subscription).await?;
-            finish(
-                db.conn(),
-                &user,
-                now,
-                true,
-                Some(AccessSource::Subscription),
-                0,
-                None,
-                None,
-                None,
-            )
-            .await
-        }
-        (Decision::InsideWindow(ends_at), _) => {
-            record.write_alone(db, Outcome::Reopen).await?;
-            finish(
-                db.conn(),
-                &user,
-                now,
-                true,
-                Some(AccessSource::Flex),
-                0,
-                Some(ends_at),
-                None,
-                None,
-            )
-            .await
-        }
-        (Decision::Charge, None) => Err(DomainError::Internal("a charge needs a product".into())),
-    }
+        (Decision::Deny(reason), _) => Outcome::Denied(reason),
+        (Decision::Subscription, _) => Outcome::Subscription,
+        (Decision::InsideWindow(ends_at), _) => Outcome::Reopen(ends_at),
+    };
+    record.write_alone(db, outcome).await?;
+    answer(db.conn(), &user, now, outcome).await
 }
 
 /// Rules 7–10 in the order, without writing anything.
@@ -228,20 +190,9 @@ async fn charge_and_open(
 
     // A concurrent open of the same product may have charged while we waited.
     if let Some(ends_at) = current_window(&*tx, user.id, product.id, now).await? {
-        record.write(&*tx, Outcome::Reopen).await?;
+        record.write(&*tx, Outcome::Reopen(ends_at)).await?;
         tx.commit().await?;
-        return finish(
-            db.conn(),
-            user,
-            now,
-            true,
-            Some(AccessSource::Flex),
-            0,
-            Some(ends_at),
-            None,
-            None,
-        )
-        .await;
+        return answer(db.conn(), user, now, Outcome::Reopen(ends_at)).await;
     }
 
     let lots: Vec<lot::Model> = lot::Entity::find()
@@ -263,13 +214,11 @@ async fn charge_and_open(
     let account = find_account(&*tx, user.account_id).await?;
     let balance_before: i64 = spendable.iter().map(|l| l.remaining).sum();
     let Some(draws) = rules::allocate_from_lots(&spendable, product.daily_rate, now) else {
-        record
-            .write(&*tx, Outcome::Denied(DenyReason::InsufficientTokens))
-            .await?;
+        let denied = Outcome::Denied(DenyReason::InsufficientTokens);
+        record.write(&*tx, denied).await?;
         let exhausted = notifications::on_exhausted(&*tx, &account, balance_before, now).await?;
         tx.commit().await?;
-        let reason = Some(DenyReason::InsufficientTokens);
-        let mut outcome = finish(db.conn(), user, now, false, None, 0, None, reason, None).await?;
+        let mut outcome = answer(db.conn(), user, now, denied).await?;
         outcome.notifications.extend(exhausted);
         return Ok(outcome);
     };
@@ -332,9 +281,12 @@ async fn charge_and_open(
         .await?;
     }
     move_window(&tx, user.id, product.id, charge.id, now, window_ends_at).await?;
-    record
-        .write(&*tx, Outcome::Charged(charge.id, product.daily_rate))
-        .await?;
+    let charged = Outcome::Charged {
+        charge_id: charge.id,
+        tokens: product.daily_rate,
+        window_ends_at,
+    };
+    record.write(&*tx, charged).await?;
     let balance_after = balance_before - product.daily_rate;
     let low = notifications::on_charge(
         &*tx,
@@ -346,18 +298,7 @@ async fn charge_and_open(
     )
     .await?;
     tx.commit().await?;
-    let mut outcome = finish(
-        db.conn(),
-        user,
-        now,
-        true,
-        Some(AccessSource::Flex),
-        product.daily_rate,
-        Some(window_ends_at),
-        None,
-        Some(charge.id),
-    )
-    .await?;
+    let mut outcome = answer(db.conn(), user, now, charged).await?;
     outcome.notifications.extend(low);
     Ok(outcome)
 }
@@ -396,18 +337,24 @@ async fn move_window(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn finish(
+/// The answer to the caller, for what the open came to, with the balance and plan
+/// level after it.
+async fn answer(
     conn: &impl ConnectionTrait,
     user: &user::Model,
     now: DateTime<Utc>,
-    granted: bool,
-    source: Option<AccessSource>,
-    tokens_charged: i64,
-    window_ends_at: Option<DateTime<Utc>>,
-    deny_reason: Option<DenyReason>,
-    charge_id: Option<i32>,
+    outcome: Outcome,
 ) -> Result<OpenOutcome> {
+    let (granted, source, deny_reason) = outcome.access();
+    let (tokens_charged, window_ends_at, charge_id) = match outcome {
+        Outcome::Charged {
+            charge_id,
+            tokens,
+            window_ends_at,
+        } => (tokens, Some(window_ends_at), Some(charge_id)),
+        Outcome::Reopen(ends_at) => (0, Some(ends_at), None),
+        Outcome::Denied(_) | Outcome::Subscription => (0, None, None),
+    };
     Ok(OpenOutcome {
         granted,
         source,
@@ -421,11 +368,29 @@ async fn finish(
     })
 }
 
+/// What an open came to: both the record kept for reports and the caller's answer
+/// are read from it.
+#[derive(Debug, Clone, Copy)]
 enum Outcome {
     Denied(DenyReason),
     Subscription,
-    Reopen,
-    Charged(i32, i64),
+    /// Inside the window ending then: granted, free.
+    Reopen(DateTime<Utc>),
+    Charged {
+        charge_id: i32,
+        tokens: i64,
+        window_ends_at: DateTime<Utc>,
+    },
+}
+
+impl Outcome {
+    fn access(self) -> (bool, Option<AccessSource>, Option<DenyReason>) {
+        match self {
+            Outcome::Denied(r) => (false, None, Some(r)),
+            Outcome::Subscription => (true, Some(AccessSource::Subscription), None),
+            Outcome::Reopen(_) | Outcome::Charged { .. } => (true, Some(AccessSource::Flex), None),
+        }
+    }
 }
 
 /// Every open, granted or denied, is kept for reports (rule 11).
@@ -439,13 +404,12 @@ struct OpenRecord<'a> {
 
 impl OpenRecord<'_> {
     async fn write(&self, conn: &impl ConnectionTrait, outcome: Outcome) -> Result<()> {
-        let (granted, source, deny_reason, charge_id, tokens) = match outcome {
-            Outcome::Denied(r) => (false, None, Some(r), None, 0),
-            Outcome::Subscription => (true, Some(AccessSource::Subscription), None, None, 0),
-            Outcome::Reopen => (true, Some(AccessSource::Flex), None, None, 0),
-            Outcome::Charged(id, tokens) => {
-                (true, Some(AccessSource::Flex), None, Some(id), tokens)
-            }
+        let (granted, source, deny_reason) = outcome.access();
+        let (charge_id, tokens) = match outcome {
+            Outcome::Charged {
+                charge_id, tokens, ..
+            } => (Some(charge_id), tokens),
+            _ => (None, 0),
         };
         open::ActiveModel {
             account_id: Set(self.user.account_id),

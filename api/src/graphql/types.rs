@@ -1,7 +1,7 @@
 //! GraphQL output types. Each resolver reads the caller and the request's instant
 //! from the context and asks `domain`; nothing here decides a rule.
 
-use super::context::{Req, parse_opt_id};
+use super::context::{Req, ReqRef, parse_opt_id};
 use super::error::GqlResult;
 use super::loaders::{ChargeKey, LotKey, ProductKey, UserKey};
 use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
@@ -66,6 +66,13 @@ mirror_enum!(
         Adjustment
     }
 );
+
+/// The products of an allowed-product list (`None`: no restriction).
+async fn products_of(r: &ReqRef<'_>, ids: Option<Vec<i32>>) -> Result<Option<Vec<Product>>> {
+    let Some(ids) = ids else { return Ok(None) };
+    let products = catalog::products_by_ids(r.db(), &ids).await.gql()?;
+    Ok(Some(products.into_iter().map(Product).collect()))
+}
 
 fn parse_stored<T: std::str::FromStr<Err = domain::DomainError>>(s: &str) -> Result<T> {
     s.parse::<T>().gql()
@@ -167,20 +174,10 @@ impl Account {
     /// Null: every catalog product is open to assigned users. Otherwise the account-wide list.
     async fn allowed_products(&self, ctx: &Context<'_>) -> Result<Option<Vec<Product>>> {
         let r = Req::of(ctx)?;
-        match users::account_allowed_products(r.db(), r.actor(), &self.0)
+        let list = users::account_allowed_products(r.db(), r.actor(), &self.0)
             .await
-            .gql()?
-        {
-            None => Ok(None),
-            Some(ids) => Ok(Some(
-                catalog::products_by_ids(r.db(), &ids)
-                    .await
-                    .gql()?
-                    .into_iter()
-                    .map(Product)
-                    .collect(),
-            )),
-        }
+            .gql()?;
+        products_of(&r, list).await
     }
     async fn lots(
         &self,
@@ -362,20 +359,10 @@ impl User {
     /// Null: the account-wide setting applies.
     async fn allowed_products(&self, ctx: &Context<'_>) -> Result<Option<Vec<Product>>> {
         let r = Req::of(ctx)?;
-        match users::user_allowed_products(r.db(), r.actor(), &self.0)
+        let list = users::user_allowed_products(r.db(), r.actor(), &self.0)
             .await
-            .gql()?
-        {
-            None => Ok(None),
-            Some(ids) => Ok(Some(
-                catalog::products_by_ids(r.db(), &ids)
-                    .await
-                    .gql()?
-                    .into_iter()
-                    .map(Product)
-                    .collect(),
-            )),
-        }
+            .gql()?;
+        products_of(&r, list).await
     }
 }
 
