@@ -40,7 +40,8 @@ impl WriteTx {
 
 impl Db {
     /// Connects to `sqlite://…` or `postgres://…`. SQLite gets WAL, a generous busy
-    /// timeout and foreign keys; nothing here changes its durability.
+    /// timeout and foreign keys, and `synchronous = FULL`: a committed purchase or charge
+    /// survives a power loss, not only a crash of the process.
     pub async fn connect(url: &str) -> Result<Db> {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false)
@@ -50,7 +51,7 @@ impl Db {
             opts.max_connections(8).min_connections(1);
             opts.map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
             });
