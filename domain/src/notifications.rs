@@ -262,6 +262,26 @@ pub struct Delivery {
 /// Takes the notification for one attempt, or `None` when it is sent, dead, not due,
 /// or another sender holds it. The conditional update decides between racing senders.
 pub async fn lease_for_delivery(db: &Db, id: i32, now: DateTime<Utc>) -> Result<Option<Delivery>> {
+    // A sender that died during the last allowed attempt left it pending: give up.
+    notification::Entity::update_many()
+        .col_expr(
+            notification::Column::State,
+            Expr::value(NotificationState::Dead.as_str()),
+        )
+        .col_expr(
+            notification::Column::LeaseUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(notification::Column::Id.eq(id))
+        .filter(notification::Column::State.eq(NotificationState::Pending.as_str()))
+        .filter(notification::Column::Attempts.gte(MAX_ATTEMPTS))
+        .filter(
+            Condition::any()
+                .add(notification::Column::LeaseUntil.is_null())
+                .add(notification::Column::LeaseUntil.lte(now)),
+        )
+        .exec(db.conn())
+        .await?;
     let claimed = notification::Entity::update_many()
         .col_expr(notification::Column::LeaseUntil, Expr::value(now + LEASE))
         .col_expr(
@@ -271,6 +291,7 @@ pub async fn lease_for_delivery(db: &Db, id: i32, now: DateTime<Utc>) -> Result<
         .filter(notification::Column::Id.eq(id))
         .filter(notification::Column::State.eq(NotificationState::Pending.as_str()))
         .filter(notification::Column::NextAttemptAt.lte(now))
+        .filter(notification::Column::Attempts.lt(MAX_ATTEMPTS))
         .filter(
             Condition::any()
                 .add(notification::Column::LeaseUntil.is_null())

@@ -89,6 +89,38 @@ impl TestDb {
     }
 }
 
+/// Creates an empty database named `{prefix}_…` on the PostgreSQL server that
+/// `server` (a URL of any database on it) points to, and returns its URL. An
+/// unreachable server is an error here: the caller decides whether that skips.
+pub async fn create_postgres_database(server: &str, prefix: &str) -> anyhow::Result<String> {
+    let name = format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst),
+        rand::random::<u32>()
+    );
+    let admin = Database::connect(server)
+        .await
+        .map_err(|e| anyhow::anyhow!("PostgreSQL server {server} unreachable: {e}"))?;
+    let created = admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create database {name} on {server}: {e}"));
+    admin.close().await.ok();
+    created?;
+    let base = server
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(server.to_owned());
+    Ok(format!("{base}/{name}"))
+}
+
+/// True when the environment says this is CI (`CI` set and not empty): services the
+/// tests need must then be there, and a test never skips.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
 /// A fixed instant to build scenarios on.
 pub fn t(s: &str) -> DateTime<Utc> {
     s.parse().expect("RFC 3339 instant")

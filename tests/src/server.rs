@@ -4,9 +4,9 @@ use crate::TestDb;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";
 
@@ -14,28 +14,113 @@ pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";
 /// returns its path.
 pub fn daypass_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let profile_release = std::env::var("DAYPASS_TEST_RELEASE").is_ok_and(|v| v == "1");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(&workspace)
-            .args(["build", "-q", "-p", "daypass-api", "--bin", "daypass"]);
-        if profile_release {
-            cmd.arg("--release");
+    BIN.get_or_init(|| build_binary("daypass-api", "daypass"))
+        .clone()
+}
+
+/// `daypass-worker`, built like [`daypass_binary`].
+pub fn worker_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_binary("daypass-worker", "daypass-worker"))
+        .clone()
+}
+
+fn build_binary(package: &str, bin: &str) -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let profile_release = std::env::var("DAYPASS_TEST_RELEASE").is_ok_and(|v| v == "1");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&workspace)
+        .args(["build", "-q", "-p", package, "--bin", bin]);
+    // Build with the environment of a plain `cargo build`, not the variables cargo set
+    // for this test process: some build scripts (ring's) rerun when, say,
+    // CARGO_MANIFEST_DIR changes, which rebuilt half the tree on every alternation
+    // between a test run and any other build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key == "OUT_DIR"
+            || key == "CARGO_MANIFEST_DIR"
+            || key == "CARGO_MANIFEST_PATH"
+            || key == "CARGO_MANIFEST_LINKS"
+            || key == "CARGO_CRATE_NAME"
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_TARGET_TMPDIR"
+            || key == "CARGO_BIN_NAME"
+            || key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+        {
+            cmd.env_remove(key.as_ref());
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building daypass failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or(workspace.join("target"));
-        target
-            .join(if profile_release { "release" } else { "debug" })
-            .join("daypass")
+    }
+    if profile_release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(workspace.join("target"));
+    target
+        .join(if profile_release { "release" } else { "debug" })
+        .join(bin)
+}
+
+/// A job-queue name no other test (nor test process) uses: tests run in parallel and
+/// share the Redis and PostgreSQL queue servers.
+pub fn unique_queue_name(label: &str) -> String {
+    format!(
+        "daypass-test-{label}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+/// Sends SIGTERM to `pid`.
+pub fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// Waits up to `timeout` for `child` to exit; `None` if it is still running.
+async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads `child`'s stdout until a line starts with `prefix`, returns the rest of that
+/// line, and keeps draining the pipe so the process never blocks on it.
+async fn wait_for_line(child: &mut Child, prefix: &'static str, what: &'static str) -> String {
+    let stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let rest = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix(prefix) {
+                        break a.trim().to_owned();
+                    }
+                }
+                _ => panic!("{what} exited before printing {prefix:?}"),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        rest
     })
-    .clone()
+    .await
+    .unwrap()
 }
 
 pub struct TestServer {
@@ -77,25 +162,7 @@ impl TestServer {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start daypass");
-        let stdout = child.stdout.take().unwrap();
-        let addr = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let addr = loop {
-                match lines.next() {
-                    Some(Ok(line)) => {
-                        if let Some(a) = line.strip_prefix("listening on ") {
-                            break a.trim().to_owned();
-                        }
-                    }
-                    _ => panic!("daypass exited before listening"),
-                }
-            };
-            // Keep draining stdout so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            addr
-        })
-        .await
-        .unwrap();
+        let addr = wait_for_line(&mut child, "listening on ", "daypass").await;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -144,6 +211,88 @@ impl TestServer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status (`None`: still
+    /// running).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        sigterm(self.child.id());
+        wait_exit(&mut self.child, timeout).await
+    }
+}
+
+/// The real `daypass-worker` binary: the background workers alone, as on a machine
+/// of their own. It can be SIGKILLed mid-job and restarted with the same settings.
+pub struct TestWorker {
+    database_url: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl TestWorker {
+    /// Starts `daypass-worker` on `database_url` with `env` added (the queue, the mail
+    /// settings) and returns once it is running.
+    pub async fn start(database_url: &str, env: &[(&str, &str)]) -> TestWorker {
+        let mut worker = TestWorker {
+            database_url: database_url.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        worker.spawn().await;
+        worker
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(worker_binary());
+        cmd.env("DAYPASS_DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start daypass-worker");
+        wait_for_line(&mut child, "daypass-worker running", "daypass-worker").await;
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the process dies at once, whatever it was doing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again (killing it first if it runs), with the same settings.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status (`None`: still
+    /// running).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("the worker runs");
+        sigterm(child.id());
+        let status = wait_exit(child, timeout).await;
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

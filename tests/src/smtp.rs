@@ -1,8 +1,9 @@
 //! A real SMTP server on loopback for e-mail tests: it speaks enough of RFC 5321
 //! (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) for lettre, keeps every message,
-//! and can be switched "down" (it then answers 421 and hangs up).
+//! and can be switched "down" (it then answers 421 and hangs up) or slow (it keeps a
+//! message, then waits before confirming it, as a server under load would).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -18,6 +19,30 @@ pub struct ReceivedMail {
 }
 
 impl ReceivedMail {
+    /// A message read from an `.eml` file (the envelope taken from its headers).
+    pub fn from_raw(raw: String) -> ReceivedMail {
+        let (from, to) = {
+            let msg = mail_parser::MessageParser::default()
+                .parse(raw.as_bytes())
+                .expect("a parsable message");
+            let addrs = |a: Option<&mail_parser::Address>| -> Vec<String> {
+                a.map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.address().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+            };
+            (addrs(msg.from()).join(","), addrs(msg.to()))
+        };
+        ReceivedMail {
+            from,
+            to,
+            raw,
+            received_at: Instant::now(),
+        }
+    }
+
     fn parsed(&self) -> mail_parser::Message<'_> {
         mail_parser::MessageParser::default()
             .parse(self.raw.as_bytes())
@@ -26,8 +51,14 @@ impl ReceivedMail {
     pub fn subject(&self) -> String {
         self.parsed().subject().unwrap_or_default().to_owned()
     }
+    /// The Message-ID as written in the header, with its angle brackets.
     pub fn message_id(&self) -> String {
-        self.parsed().message_id().unwrap_or_default().to_owned()
+        let id = self.parsed().message_id().unwrap_or_default().to_owned();
+        if id.is_empty() || id.starts_with('<') {
+            id
+        } else {
+            format!("<{id}>")
+        }
     }
     pub fn text(&self) -> String {
         self.parsed()
@@ -48,6 +79,7 @@ pub struct SmtpServer {
     pub port: u16,
     inbox: Arc<Mutex<Vec<ReceivedMail>>>,
     down: Arc<AtomicBool>,
+    data_delay_ms: Arc<AtomicU64>,
 }
 
 impl SmtpServer {
@@ -58,6 +90,7 @@ impl SmtpServer {
             port,
             inbox: Arc::default(),
             down: Arc::default(),
+            data_delay_ms: Arc::default(),
         };
         let s = server.clone();
         tokio::spawn(async move {
@@ -78,9 +111,18 @@ impl SmtpServer {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
-    /// While down, every connection is refused with 421.
+    /// While down, every connection is refused with 421, and a session already open
+    /// (a client's pooled connection) answers its next command with 421 and hangs up.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// After the end of DATA the message is kept at once, but the reply confirming it
+    /// comes only after `delay` (a slow server; a client killed meanwhile has handed
+    /// the message over without learning so). Zero turns it off.
+    pub fn set_data_delay(&self, delay: Duration) {
+        self.data_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn messages(&self) -> Vec<ReceivedMail> {
@@ -125,6 +167,12 @@ impl SmtpServer {
             }
             let cmd = line.trim_end().to_owned();
             let upper = cmd.to_ascii_uppercase();
+            if self.down.load(Ordering::SeqCst) {
+                write
+                    .write_all(b"421 localhost Service not available, closing channel\r\n")
+                    .await?;
+                return Ok(());
+            }
             if upper.starts_with("EHLO") {
                 write
                     .write_all(b"250-localhost\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
@@ -160,6 +208,10 @@ impl SmtpServer {
                     raw,
                     received_at: Instant::now(),
                 });
+                let delay = self.data_delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
                 write.write_all(b"250 OK queued\r\n").await?;
             } else if upper.starts_with("RSET") {
                 from.clear();
@@ -173,6 +225,30 @@ impl SmtpServer {
             }
         }
     }
+}
+
+/// Every `.eml` file in `dir` (the file mailer's output), oldest first.
+pub fn mail_files(dir: &std::path::Path) -> Vec<ReceivedMail> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .map(|p| {
+            let modified = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (modified, p)
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|(_, p)| std::fs::read_to_string(p).ok())
+        .map(ReceivedMail::from_raw)
+        .collect()
 }
 
 fn address(arg: &str) -> String {

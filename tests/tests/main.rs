@@ -4,4 +4,5 @@
 mod concurrency;
 mod e2e;
 mod invariants;
+mod notifications;
 mod rules;
