@@ -14,6 +14,7 @@ use daypass_domain::{
 use sea_orm::{ConnectionTrait, Database};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod json;
 pub mod server;
 pub mod smtp;
 

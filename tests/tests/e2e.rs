@@ -15,23 +15,7 @@ const OPEN: &str = "mutation($code: String!, $v: String) {
   }
 }";
 
-fn at(v: &Value) -> DateTime<Utc> {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a DateTime, got {v}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{v} is not RFC 3339: {e}"))
-}
-
-fn int(v: &Value) -> i64 {
-    v.as_i64()
-        .unwrap_or_else(|| panic!("expected an Int, got {v}"))
-}
-
-fn id(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected an ID, got {v}"))
-        .to_owned()
-}
+use daypass_tests::json::{at, id, int};
 
 /// Opens `code` as the holder of `key`; the answer is data, never an error.
 async fn open(s: &TestServer, key: &str, code: &str, version: Option<&str>) -> Value {

@@ -14,23 +14,7 @@ use std::time::{Duration, Instant};
 const OP: Option<&str> = Some(OPERATOR_KEY);
 const PUBLIC_URL: &str = "https://daypass.test";
 
-fn at(v: &Value) -> DateTime<Utc> {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a DateTime, got {v}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{v} is not RFC 3339: {e}"))
-}
-
-fn int(v: &Value) -> i64 {
-    v.as_i64()
-        .unwrap_or_else(|| panic!("expected an Int, got {v}"))
-}
-
-fn id(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected an ID, got {v}"))
-        .to_owned()
-}
+use daypass_tests::json::{at, id, int};
 
 fn nodes(conn: &Value) -> Vec<Value> {
     conn["edges"]
