@@ -13,7 +13,6 @@ pub struct AppState {
     pub test_clock: Option<Arc<TestClock>>,
     pub operator_key: OperatorKey,
     pub schema: AppSchema,
-    pub production: bool,
     /// The mailer and the job queue, shared with the embedded workers.
     pub workers: WorkerDeps,
 }
@@ -25,7 +24,6 @@ impl AppState {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
-        let production = config.env == "production";
         let workers =
             WorkerDeps::connect(db.clone(), clock.clone(), &config.worker_config()).await?;
         Ok(AppState {
@@ -33,8 +31,7 @@ impl AppState {
             clock,
             test_clock,
             operator_key: OperatorKey::new(config.operator_key.as_deref()),
-            schema: AppSchema::build(config.test_clock, production),
-            production,
+            schema: AppSchema::build(config.test_clock, config.env == "production"),
             workers,
         })
     }

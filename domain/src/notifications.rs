@@ -319,22 +319,27 @@ pub async fn lease_for_delivery(db: &Db, id: i32, now: DateTime<Utc>) -> Result<
     }))
 }
 
-pub async fn mark_sent(db: &Db, id: i32, now: DateTime<Utc>) -> Result<()> {
+/// Ends an attempt: the lease is released and the notification moves to `state`
+/// with `last_error` (None on success). Only a pending notification changes.
+fn end_attempt(
+    id: i32,
+    state: NotificationState,
+    last_error: Option<String>,
+) -> sea_orm::UpdateMany<notification::Entity> {
     notification::Entity::update_many()
-        .col_expr(
-            notification::Column::State,
-            Expr::value(NotificationState::Sent.as_str()),
-        )
-        .col_expr(notification::Column::SentAt, Expr::value(Some(now)))
+        .col_expr(notification::Column::State, Expr::value(state.as_str()))
         .col_expr(
             notification::Column::LeaseUntil,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
-        .col_expr(
-            notification::Column::LastError,
-            Expr::value(Option::<String>::None),
-        )
+        .col_expr(notification::Column::LastError, Expr::value(last_error))
         .filter(notification::Column::Id.eq(id))
+        .filter(notification::Column::State.eq(NotificationState::Pending.as_str()))
+}
+
+pub async fn mark_sent(db: &Db, id: i32, now: DateTime<Utc>) -> Result<()> {
+    end_attempt(id, NotificationState::Sent, None)
+        .col_expr(notification::Column::SentAt, Expr::value(Some(now)))
         .exec(db.conn())
         .await?;
     Ok(())
@@ -354,19 +359,11 @@ pub async fn mark_failed(
         NotificationState::Pending
     };
     let error: String = error.chars().take(1000).collect();
-    notification::Entity::update_many()
-        .col_expr(notification::Column::State, Expr::value(state.as_str()))
+    end_attempt(delivery.id, state, Some(error))
         .col_expr(
             notification::Column::NextAttemptAt,
             Expr::value(now + backoff_after(delivery.attempt)),
         )
-        .col_expr(
-            notification::Column::LeaseUntil,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(notification::Column::LastError, Expr::value(Some(error)))
-        .filter(notification::Column::Id.eq(delivery.id))
-        .filter(notification::Column::State.eq(NotificationState::Pending.as_str()))
         .exec(db.conn())
         .await?;
     Ok(state)
@@ -374,20 +371,7 @@ pub async fn mark_failed(
 
 /// A notification with nobody to send to is given up at once.
 pub async fn mark_dead(db: &Db, id: i32, reason: &str) -> Result<()> {
-    notification::Entity::update_many()
-        .col_expr(
-            notification::Column::State,
-            Expr::value(NotificationState::Dead.as_str()),
-        )
-        .col_expr(
-            notification::Column::LeaseUntil,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(
-            notification::Column::LastError,
-            Expr::value(Some(reason.to_owned())),
-        )
-        .filter(notification::Column::Id.eq(id))
+    end_attempt(id, NotificationState::Dead, Some(reason.to_owned()))
         .exec(db.conn())
         .await?;
     Ok(())
@@ -410,10 +394,6 @@ pub async fn list_notifications(
     }
     let rows = q.limit(limit + 1).all(db.conn()).await?;
     Ok(Page::from_rows(rows, limit, |n| n.id))
-}
-
-pub async fn get_notification(db: &Db, id: i32) -> Result<Option<notification::Model>> {
-    Ok(notification::Entity::find_by_id(id).one(db.conn()).await?)
 }
 
 #[cfg(test)]
