@@ -1,19 +1,22 @@
-//! HTTP: the GraphQL endpoint, GraphiQL, health and metrics.
+//! HTTP: the GraphQL endpoint and its WebSocket twin, GraphiQL, health and metrics.
 
 use crate::graphql::context::Req;
 use crate::graphql::error::gql;
 use crate::graphql::loaders::Loaders;
+use crate::graphql::subscription::LiveCaller;
 use crate::state::AppState;
-use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::{
-    Router,
-    extract::{DefaultBodyLimit, State},
+    Json, Router,
+    extract::{DefaultBodyLimit, State, WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
-    response::{Html, IntoResponse},
+    response::{Html, IntoResponse, Response},
     routing::get,
 };
 use daypass_domain::{Actor, DomainError, auth};
+use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -27,9 +30,11 @@ static GRAPHQL_ERRORS: AtomicU64 = AtomicU64::new(0);
 pub fn router(state: AppState, cors_origins: Option<&str>) -> Router {
     let mut app = Router::new()
         .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/reports/usage.csv", get(crate::usage_csv::usage_csv))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // The GraphQL extractor streams the body itself, so `DefaultBodyLimit` (which
         // only the buffering extractors read) does not bound it: this layer does, for
@@ -62,16 +67,28 @@ async fn graphiql() -> impl IntoResponse {
     )
 }
 
-/// The caller named by `Authorization: Bearer <key>`; `None` when there is no key.
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Actor>, DomainError> {
+/// The key in an `Authorization: Bearer <key>` value.
+fn bearer_key(value: &str) -> Result<&str, DomainError> {
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(DomainError::Unauthenticated)
+}
+
+/// The key of the `Authorization` header; `None` when there is no such header.
+fn header_key(headers: &HeaderMap) -> Result<Option<&str>, DomainError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| DomainError::Unauthenticated)?;
-    let key = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .ok_or(DomainError::Unauthenticated)?;
+    bearer_key(value).map(Some)
+}
+
+/// The caller named by `Authorization: Bearer <key>`; `None` when there is no key.
+pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Actor>, DomainError> {
+    let Some(key) = header_key(headers)? else {
+        return Ok(None);
+    };
     auth::authenticate(&state.db, &state.operator_key, key)
         .await
         .map(Some)
@@ -108,6 +125,97 @@ async fn graphql(
         GRAPHQL_ERRORS.fetch_add(1, Ordering::Relaxed);
     }
     resp.into()
+}
+
+/// What a WebSocket connection refused for its key is told (a close frame's reason,
+/// at most 123 bytes).
+const WS_UNAUTHENTICATED: &str = "UNAUTHENTICATED: send `Authorization: Bearer <api key>` with the upgrade or in connection_init";
+
+/// `balanceChanged` (and any other operation) over WebSocket, with the
+/// graphql-transport-ws protocol or the legacy graphql-ws one. The caller's key comes
+/// with the upgrade request (`Authorization: Bearer <key>`, checked before upgrading)
+/// or in the `connection_init` payload, as browsers cannot set headers on a WebSocket.
+/// Without a valid key the connection is closed at `connection_init`.
+async fn graphql_ws(
+    State(state): State<AppState>,
+    protocol: GraphQLProtocol,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let key = match header_key(&headers) {
+        Ok(key) => key.map(str::to_owned),
+        Err(e) => return refuse_upgrade(e),
+    };
+    if let Some(key) = &key
+        && let Err(e) = auth::authenticate(&state.db, &state.operator_key, key).await
+    {
+        return refuse_upgrade(e);
+    }
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let schema = state.schema.clone();
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| connection_data(state, key, payload))
+                .serve()
+        })
+}
+
+/// A GraphQL error answer instead of an upgrade: 401 for a wrong key.
+fn refuse_upgrade(e: DomainError) -> Response {
+    let status = match e {
+        DomainError::Unauthenticated => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let err = gql(e).into_server_error(async_graphql::Pos::default());
+    (
+        status,
+        Json(async_graphql::Response::from_errors(vec![err])),
+    )
+        .into_response()
+}
+
+/// The connection's data once `connection_init` is accepted: what a POST request gets
+/// (its [`Req`] and loaders, for the operation that subscribes), and the key, which
+/// every later operation and push authenticates again.
+async fn connection_data(
+    state: AppState,
+    header_key: Option<String>,
+    payload: Value,
+) -> async_graphql::Result<Data> {
+    let unauthenticated = || async_graphql::Error::new(WS_UNAUTHENTICATED);
+    let key = header_key
+        .or_else(|| init_payload_key(&payload))
+        .ok_or_else(unauthenticated)?;
+    let actor = match auth::authenticate(&state.db, &state.operator_key, &key).await {
+        Ok(actor) => actor,
+        Err(DomainError::Unauthenticated) => return Err(unauthenticated()),
+        Err(e) => return Err(gql(e)),
+    };
+    let now = state.clock.now();
+    let mut data = Data::default();
+    data.insert(Loaders::new(&state.db, now));
+    data.insert(Req {
+        state,
+        caller: Some(actor),
+        now,
+    });
+    data.insert(LiveCaller::new(key));
+    Ok(data)
+}
+
+/// The key in a `connection_init` payload: `{"Authorization": "Bearer <key>"}` (or
+/// `authorization`), or `{"token": "<key>"}`.
+fn init_payload_key(payload: &Value) -> Option<String> {
+    let field = |name: &str| payload.get(name).and_then(Value::as_str);
+    let key = match field("Authorization").or_else(|| field("authorization")) {
+        Some(value) => bearer_key(value).ok()?,
+        None => {
+            let token = field("token")?;
+            bearer_key(token).unwrap_or(token)
+        }
+    };
+    Some(key.trim().to_owned())
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

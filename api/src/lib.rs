@@ -5,6 +5,7 @@ pub mod config;
 pub mod graphql;
 pub mod http;
 pub mod state;
+pub mod usage_csv;
 
 use config::Config;
 use daypass_domain::Db;

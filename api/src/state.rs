@@ -1,5 +1,6 @@
 use crate::config::Config;
 use crate::graphql::AppSchema;
+use daypass_domain::events::BalanceFeed;
 use daypass_domain::{Clock, Db, SystemClock, TestClock, auth::OperatorKey};
 use daypass_worker::WorkerDeps;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub struct AppState {
     pub schema: AppSchema,
     /// The mailer and the job queue, shared with the embedded workers.
     pub workers: WorkerDeps,
+    /// Balance announcements from every process on the database, for `balanceChanged`.
+    pub balance_feed: BalanceFeed,
 }
 
 impl AppState {
@@ -26,6 +29,9 @@ impl AppState {
         };
         let workers =
             WorkerDeps::connect(db.clone(), clock.clone(), &config.worker_config()).await?;
+        let balance_feed = BalanceFeed::start(&db)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(AppState {
             db,
             clock,
@@ -33,6 +39,7 @@ impl AppState {
             operator_key: OperatorKey::new(config.operator_key.as_deref()),
             schema: AppSchema::build(config.test_clock, config.env == "production"),
             workers,
+            balance_feed,
         })
     }
 

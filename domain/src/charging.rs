@@ -5,6 +5,7 @@ use crate::access::Actor;
 use crate::accounts::{balance_at, find_account, plan_level_at};
 use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
+use crate::events::announce_balance_change;
 use crate::kinds::{AccessSource, DenyReason, LedgerKind, LotStatus, PlanLevel, Role};
 use crate::notifications;
 use crate::rules::{self, SpendableLot};
@@ -297,6 +298,7 @@ async fn charge_and_open(
         now,
     )
     .await?;
+    announce_balance_change(&*tx, user.account_id).await?;
     tx.commit().await?;
     let mut outcome = answer(db.conn(), user, now, charged).await?;
     outcome.notifications.extend(low);

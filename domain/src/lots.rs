@@ -5,6 +5,7 @@ use crate::accounts::find_account;
 use crate::catalog::{self, load_price_list};
 use crate::db::Db;
 use crate::error::{DomainError, Result};
+use crate::events::announce_balance_change;
 use crate::kinds::{LedgerKind, LotStatus};
 use crate::page::{Page, PageRequest};
 use crate::rules::{self, LotCounts};
@@ -166,6 +167,7 @@ pub async fn purchase(
     }
     .insert(&*tx)
     .await?;
+    announce_balance_change(&*tx, account_id).await?;
     tx.commit().await?;
     Ok(LotView::at(lot, now))
 }
@@ -270,6 +272,7 @@ pub async fn sweep_expired(db: &Db, now: DateTime<Utc>) -> Result<u64> {
         }
         .insert(&*tx)
         .await?;
+        announce_balance_change(&*tx, current.account_id).await?;
         tx.commit().await?;
         expired += 1;
     }

@@ -160,6 +160,51 @@ pub fn low_balance_threshold(explicit: Option<i64>, tokens_in_unexpired_lots: i6
     explicit.unwrap_or(tokens_in_unexpired_lots * DEFAULT_THRESHOLD_PERCENT / 100)
 }
 
+/// Rule 18: the tokens an account is expected to need, extrapolated linearly from
+/// what it used over a trailing window of whole days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenNeed {
+    pub trailing_tokens: i64,
+    pub trailing_days: i64,
+}
+
+impl TokenNeed {
+    /// Tokens expected over the next `days`, rounded up.
+    pub fn expected_by(&self, days: i64) -> i64 {
+        if days <= 0 || self.trailing_days <= 0 {
+            return 0;
+        }
+        ceil_div(self.trailing_tokens * days, self.trailing_days)
+    }
+
+    /// How much of the expected need over `horizon_days` the lots can meet, given as
+    /// (remaining, whole days until expiry): lots burn earliest expiry first, and a
+    /// lot's tokens count only as far as the need arises before it expires.
+    pub fn covered_by_lots(&self, lots: &[(i64, i64)], horizon_days: i64) -> i64 {
+        let mut lots = lots.to_vec();
+        lots.sort_by_key(|&(_, expires_in)| expires_in);
+        let mut covered = 0;
+        for (remaining, expires_in) in lots {
+            let need_until = self.expected_by(expires_in.min(horizon_days));
+            covered += (need_until - covered).clamp(0, remaining.max(0));
+        }
+        covered.min(self.expected_by(horizon_days))
+    }
+}
+
+/// `a / b` rounded up, for non-negative `a` and positive `b`.
+fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
+}
+
+/// A cost over `days` days, scaled to a year of 365 days and rounded up.
+pub fn annualized(amount: i64, days: i64) -> i64 {
+    if days <= 0 {
+        return 0;
+    }
+    ceil_div(amount * 365, days)
+}
+
 /// One band of the price list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Band {
@@ -243,6 +288,37 @@ pub fn demo_bands() -> Vec<Band> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn expected_need_scales_the_trailing_window_and_rounds_up() {
+        let need = TokenNeed { trailing_tokens: 100, trailing_days: 28 };
+        assert_eq!(need.expected_by(28), 100);
+        assert_eq!(need.expected_by(1), 4);
+        assert_eq!(need.expected_by(90), 322);
+        assert_eq!(need.expected_by(0), 0);
+        let idle = TokenNeed { trailing_tokens: 0, trailing_days: 28 };
+        assert_eq!(idle.expected_by(90), 0);
+    }
+
+    #[test]
+    fn tokens_expiring_before_they_are_needed_cover_nothing() {
+        let need = TokenNeed { trailing_tokens: 28, trailing_days: 28 }; // 1 a day
+        // 50 tokens expiring in 10 days cover only the first 10 days' need.
+        assert_eq!(need.covered_by_lots(&[(50, 10)], 30), 10);
+        // Plus a lot lasting past the horizon: it covers the rest.
+        assert_eq!(need.covered_by_lots(&[(50, 10), (100, 400)], 30), 30);
+        // A small late lot covers only what it has.
+        assert_eq!(need.covered_by_lots(&[(5, 400)], 30), 5);
+        assert_eq!(need.covered_by_lots(&[], 30), 0);
+    }
+
+    #[test]
+    fn annualizing_scales_to_365_days() {
+        assert_eq!(annualized(2_800, 28), 36_500);
+        assert_eq!(annualized(1, 28), 14);
+        assert_eq!(annualized(5, 0), 0);
+    }
+
     use super::*;
 
     fn t(s: &str) -> DateTime<Utc> {

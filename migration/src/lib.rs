@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_ledger;
 mod m20261128_000002_notifications;
+mod m20261128_000003_usage_rollups;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_ledger::Migration),
             Box::new(m20261128_000002_notifications::Migration),
+            Box::new(m20261128_000003_usage_rollups::Migration),
         ]
     }
 }

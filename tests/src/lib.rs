@@ -14,9 +14,11 @@ use daypass_domain::{
 use sea_orm::{ConnectionTrait, Database};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod generate;
 pub mod json;
 pub mod server;
 pub mod smtp;
+pub mod ws;
 
 pub use server::TestServer;
 

@@ -1,8 +1,12 @@
 //! One integration-test binary; each module is one area. Every test runs on the
 //! database `DAYPASS_TEST_DATABASE` names (SQLite when unset).
 
+mod analytics;
 mod concurrency;
 mod e2e;
 mod invariants;
+mod live;
 mod notifications;
+mod reports;
 mod rules;
+mod scale;

@@ -3,6 +3,7 @@
 //!
 //! Jobs (all registered in [`build_monitor`]):
 //! - the expiry sweep, every minute (apalis-cron);
+//! - the usage rollup, every five minutes;
 //! - the outbox dispatcher, every 10 seconds: records due expiry reminders and
 //!   (re-)enqueues every due notification;
 //! - the notification sender, consuming the job queue (SQLite, PostgreSQL or Redis).
@@ -12,6 +13,7 @@ pub mod expiry;
 pub mod mailer;
 pub mod notify;
 pub mod queue;
+pub mod rollup;
 
 use apalis::prelude::*;
 use daypass_domain::{Clock, Db};
@@ -106,6 +108,7 @@ async fn on_dispatch_tick(
 pub fn build_monitor(deps: WorkerDeps) -> Monitor {
     let sweep_deps = deps.clone();
     let dispatch_deps = deps.clone();
+    let rollup_deps = deps.clone();
     let mut monitor = Monitor::new()
         .shutdown_timeout(Duration::from_secs(30))
         // A worker stopped by a passing error (say, the database was briefly
@@ -119,6 +122,12 @@ pub fn build_monitor(deps: WorkerDeps) -> Monitor {
                 .backend(expiry::scheduler())
                 .data(sweep_deps.clone())
                 .build(expiry::on_tick)
+        })
+        .register(move |_restarts| {
+            WorkerBuilder::new("usage-rollup")
+                .backend(rollup::scheduler())
+                .data(rollup_deps.clone())
+                .build(rollup::on_tick)
         })
         .register(move |_restarts| {
             let schedule =
@@ -180,18 +189,21 @@ pub async fn shutdown_signal() {
 #[derive(Debug, Clone, Default)]
 pub struct MaintenanceReport {
     pub lots_expired: u64,
+    pub days_rolled: u32,
     pub notifications_sent: usize,
     pub notifications_failed: usize,
 }
 
 /// Runs every periodic job once, now, and returns when all are done (the test
-/// clock's `runMaintenance`): the expiry sweep, then every due notification is
-/// delivered or has failed.
+/// clock's `runMaintenance`): the expiry sweep, the usage rollup, then every due
+/// notification is delivered or has failed.
 pub async fn run_maintenance_now(deps: &WorkerDeps) -> daypass_domain::Result<MaintenanceReport> {
     let lots_expired = expiry::sweep_now(deps).await?;
+    let days_rolled = rollup::roll_up_now(deps).await?;
     let (notifications_sent, notifications_failed) = notify::deliver_due_now(deps).await?;
     Ok(MaintenanceReport {
         lots_expired,
+        days_rolled,
         notifications_sent,
         notifications_failed,
     })

@@ -15,6 +15,28 @@ pub fn code_of(e: &DomainError) -> &'static str {
     }
 }
 
+/// The HTTP status of a domain error, for the endpoints that are not GraphQL.
+pub fn http_status_of(e: &DomainError) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match e {
+        DomainError::Unauthenticated => StatusCode::UNAUTHORIZED,
+        DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
+        DomainError::NotFound(_) => StatusCode::NOT_FOUND,
+        DomainError::BadInput(_) => StatusCode::BAD_REQUEST,
+        DomainError::Conflict(_) => StatusCode::CONFLICT,
+        DomainError::Database(_) | DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A domain error as an HTTP answer with a GraphQL-shaped JSON body, so clients read
+/// `errors[0].extensions.code` everywhere.
+pub fn http_error(e: DomainError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = http_status_of(&e);
+    let err = gql(e).into_server_error(async_graphql::Pos::default());
+    (status, axum::Json(Response::from_errors(vec![err]))).into_response()
+}
+
 /// Converts a domain error; internal details are logged, never shown.
 pub fn gql(e: DomainError) -> async_graphql::Error {
     let code = code_of(&e);

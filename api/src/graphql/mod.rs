@@ -5,9 +5,14 @@ pub mod error;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
+pub mod reports;
+pub mod subscription;
 pub mod types;
 
-use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::futures_util::stream::{BoxStream, StreamExt};
+use async_graphql::{Data, Executor, MergedObject, Schema, SchemaBuilder};
+use std::sync::Arc;
+use subscription::{FreshRequestPerExecution, Subscription};
 
 // The root mutation type, named `Mutation` as in the contract. (Plain comments:
 // a doc comment here would become the type's description in the SDL.)
@@ -15,7 +20,7 @@ use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 #[graphql(name = "Mutation")]
 pub struct PlainMutation(mutation::Mutation);
 
-pub type PlainSchema = Schema<query::Query, PlainMutation, EmptySubscription>;
+pub type PlainSchema = Schema<query::Query, PlainMutation, Subscription>;
 
 // The root with the test clock: still named `Mutation`, so clients and
 // introspection see the contract's name in both modes.
@@ -23,7 +28,7 @@ pub type PlainSchema = Schema<query::Query, PlainMutation, EmptySubscription>;
 #[graphql(name = "Mutation")]
 pub struct MutationWithClock(mutation::Mutation, mutation::TestClockMutation);
 
-pub type ClockSchema = Schema<query::Query, MutationWithClock, EmptySubscription>;
+pub type ClockSchema = Schema<query::Query, MutationWithClock, Subscription>;
 
 /// The served schema: the test-clock mutations exist only when enabled, so without
 /// DAYPASS_TEST_CLOCK=1 they are absent, not merely refused.
@@ -33,9 +38,11 @@ pub enum AppSchema {
     WithClock(ClockSchema),
 }
 
-/// Limits against hostile queries.
+/// Limits against hostile queries, and a fresh caller and instant for every
+/// execution on a WebSocket connection.
 fn limited<Q, M, S>(b: SchemaBuilder<Q, M, S>, production: bool) -> SchemaBuilder<Q, M, S> {
     let b = b
+        .extension(FreshRequestPerExecution)
         .limit_depth(16)
         .limit_complexity(5_000)
         .limit_recursive_depth(32)
@@ -50,14 +57,10 @@ fn limited<Q, M, S>(b: SchemaBuilder<Q, M, S>, production: bool) -> SchemaBuilde
 impl AppSchema {
     pub fn build(test_clock: bool, production: bool) -> AppSchema {
         if test_clock {
-            let b = Schema::build(
-                query::Query,
-                MutationWithClock::default(),
-                EmptySubscription,
-            );
+            let b = Schema::build(query::Query, MutationWithClock::default(), Subscription);
             AppSchema::WithClock(limited(b, production).finish())
         } else {
-            let b = Schema::build(query::Query, PlainMutation::default(), EmptySubscription);
+            let b = Schema::build(query::Query, PlainMutation::default(), Subscription);
             AppSchema::Plain(limited(b, production).finish())
         }
     }
@@ -75,6 +78,30 @@ impl AppSchema {
             AppSchema::Plain(s) => s.sdl(),
             AppSchema::WithClock(s) => s.sdl(),
         }
+    }
+}
+
+/// The WebSocket transport runs operations through this: either schema, and the same
+/// error codes as over POST.
+impl Executor for AppSchema {
+    fn execute(
+        &self,
+        request: async_graphql::Request,
+    ) -> impl Future<Output = async_graphql::Response> + Send {
+        AppSchema::execute(self, request)
+    }
+
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, async_graphql::Response> {
+        let session_data = session_data.unwrap_or_default();
+        let responses = match self {
+            AppSchema::Plain(s) => s.execute_stream_with_session_data(request, session_data),
+            AppSchema::WithClock(s) => s.execute_stream_with_session_data(request, session_data),
+        };
+        responses.map(error::add_missing_codes).boxed()
     }
 }
 

@@ -4,6 +4,7 @@
 use super::context::{Req, ReqRef, parse_opt_id};
 use super::error::GqlResult;
 use super::loaders::{ChargeKey, LotKey, ProductKey, UserKey};
+use super::reports::{Date, ReportDimension, Spending, TokenForecast, UsageReportRow};
 use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use daypass_domain::{
@@ -266,6 +267,50 @@ impl Account {
         .await
         .gql()?;
         Ok(ChargeConnection::from_page(page, Charge))
+    }
+    /// Usage for the UTC days `from`..`to` (both included), grouped by any of the
+    /// dimensions; members get their own usage only.
+    async fn usage_report(
+        &self,
+        ctx: &Context<'_>,
+        from: Date,
+        to: Date,
+        group_by: Vec<ReportDimension>,
+        user_id: Option<ID>,
+        product_id: Option<ID>,
+    ) -> Result<Vec<UsageReportRow>> {
+        let r = Req::of(ctx)?;
+        let query = domain::reports::UsageQuery {
+            from: from.0,
+            to: to.0,
+            group_by: group_by.into_iter().map(Into::into).collect(),
+            user_id: parse_opt_id(user_id.as_ref(), "userId")?,
+            product_id: parse_opt_id(product_id.as_ref(), "productId")?,
+        };
+        let rows = domain::reports::usage_report(r.db(), r.actor(), self.0.id, query)
+            .await
+            .gql()?;
+        Ok(rows.into_iter().map(UsageReportRow).collect())
+    }
+    async fn spending(&self, ctx: &Context<'_>, from: Date, to: Date) -> Result<Spending> {
+        let r = Req::of(ctx)?;
+        Ok(
+            domain::reports::spending(r.db(), r.actor(), self.0.id, from.0, to.0)
+                .await
+                .gql()?
+                .into(),
+        )
+    }
+    async fn forecast(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 90)] horizon_days: i64,
+    ) -> Result<TokenForecast> {
+        let r = Req::of(ctx)?;
+        let f = domain::reports::forecast(r.db(), r.actor(), self.0.id, horizon_days, r.now)
+            .await
+            .gql()?;
+        Ok(TokenForecast(f))
     }
     async fn notifications(
         &self,

@@ -1,0 +1,892 @@
+//! Rule 17: the rollup job turns each closed UTC day of raw opens into daily
+//! aggregates, and reports read those for rolled days and the raw opens for the rest.
+//!
+//! One definition of what a day's usage is ([`day_aggregates`]) serves both the job and
+//! the reports' raw tail, so a report is the same before and after the job runs.
+
+use crate::db::Db;
+use crate::error::Result;
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use daypass_entity::open;
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, EntityTrait, QueryOrder, QuerySelect, Statement, Value,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::AddAssign;
+
+/// A day is rolled up only this long after it ended, so a write that read the clock
+/// just before midnight and committed just after is still in it.
+pub const ROLLUP_GRACE: Duration = Duration::minutes(10);
+
+/// What a report sums. Every rollup row carries these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageSums {
+    /// Tokens charged.
+    pub tokens: i64,
+    /// Granted opens (charged, inside a window, or through a subscription).
+    pub opens: i64,
+    /// Charges made.
+    pub charges: i64,
+    /// Denied opens.
+    pub denials: i64,
+    /// Money value of the tokens charged, at the unit prices of the lots they came from.
+    pub cost_minor: i64,
+}
+
+impl AddAssign for UsageSums {
+    fn add_assign(&mut self, o: UsageSums) {
+        self.tokens += o.tokens;
+        self.opens += o.opens;
+        self.charges += o.charges;
+        self.denials += o.denials;
+        self.cost_minor += o.cost_minor;
+    }
+}
+
+impl UsageSums {
+    /// A user counts toward "distinct users" when they opened something (a granted
+    /// open); a user who was only denied did not use a product.
+    pub fn counts_user(&self) -> bool {
+        self.opens > 0
+    }
+}
+
+/// One user's use of one product on one UTC day, from the raw opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayAggregate {
+    pub account_id: i32,
+    pub user_id: i32,
+    /// 0: the open named no catalog product (always a denial).
+    pub product_id: i32,
+    pub sums: UsageSums,
+}
+
+/// Which dimensions a daily rollup keeps; each has its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Grain {
+    pub user: bool,
+    pub product: bool,
+}
+
+impl Grain {
+    fn table(self) -> &'static str {
+        match (self.user, self.product) {
+            (true, true) => "usage_days",
+            (true, false) => "usage_day_users",
+            (false, true) => "usage_day_products",
+            (false, false) => "usage_day_totals",
+        }
+    }
+
+    /// Grains without the user dimension store their distinct-user count; with it the
+    /// count is 1 or 0 and follows from the sums.
+    fn stores_distinct_users(self) -> bool {
+        !self.user
+    }
+
+    const ALL: [Grain; 4] = [
+        Grain {
+            user: true,
+            product: true,
+        },
+        Grain {
+            user: true,
+            product: false,
+        },
+        Grain {
+            user: false,
+            product: true,
+        },
+        Grain {
+            user: false,
+            product: false,
+        },
+    ];
+}
+
+/// A daily row at some grain: the shape both the rollup tables and the raw tail give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayRow {
+    pub day: NaiveDate,
+    pub user_id: Option<i32>,
+    pub product_id: Option<i32>,
+    pub sums: UsageSums,
+    pub distinct_users: i64,
+}
+
+/// Turns one account's aggregates of one day into rows of `grain`.
+pub fn coarsen<'a>(
+    day: NaiveDate,
+    aggregates: impl IntoIterator<Item = &'a DayAggregate>,
+    grain: Grain,
+) -> Vec<DayRow> {
+    // (user, product) at this grain → sums and the users who opened something.
+    type Groups = BTreeMap<(Option<i32>, Option<i32>), (UsageSums, HashSet<i32>)>;
+    let mut groups = Groups::new();
+    for a in aggregates {
+        let key = (
+            grain.user.then_some(a.user_id),
+            grain.product.then_some(a.product_id),
+        );
+        let (sums, users) = groups.entry(key).or_default();
+        *sums += a.sums;
+        if a.sums.counts_user() {
+            users.insert(a.user_id);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((user_id, product_id), (sums, users))| DayRow {
+            day,
+            user_id,
+            product_id,
+            sums,
+            distinct_users: users.len() as i64,
+        })
+        .collect()
+}
+
+/// The start of `day` in UTC.
+pub fn day_start(day: NaiveDate) -> DateTime<Utc> {
+    day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
+}
+
+/// A statement written with `?` placeholders, numbered for PostgreSQL.
+pub(crate) fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = if backend == DatabaseBackend::Postgres {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        sql.to_owned()
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Rule 16's measures for one UTC day, per account, user and product, from the raw
+/// opens and the charges they made. The one definition of a day's usage.
+pub async fn day_aggregates(
+    conn: &impl ConnectionTrait,
+    day: NaiveDate,
+    account_id: Option<i32>,
+) -> Result<Vec<DayAggregate>> {
+    let mut sql = String::from(
+        "SELECT o.account_id AS account_id, o.user_id AS user_id, \
+         COALESCE(o.product_id, 0) AS product_id, \
+         CAST(COALESCE(SUM(o.tokens), 0) AS BIGINT) AS tokens, \
+         CAST(SUM(CASE WHEN o.granted THEN 1 ELSE 0 END) AS BIGINT) AS opens, \
+         CAST(SUM(CASE WHEN o.charge_id IS NULL THEN 0 ELSE 1 END) AS BIGINT) AS charges, \
+         CAST(SUM(CASE WHEN o.granted THEN 0 ELSE 1 END) AS BIGINT) AS denials, \
+         CAST(COALESCE(SUM(c.cost_minor), 0) AS BIGINT) AS cost_minor \
+         FROM opens o LEFT JOIN charges c ON c.id = o.charge_id \
+         WHERE o.at >= ? AND o.at < ?",
+    );
+    let mut values: Vec<Value> = vec![
+        day_start(day).into(),
+        day_start(day + Duration::days(1)).into(),
+    ];
+    if let Some(a) = account_id {
+        sql.push_str(" AND o.account_id = ?");
+        values.push(a.into());
+    }
+    sql.push_str(" GROUP BY o.account_id, o.user_id, COALESCE(o.product_id, 0)");
+    let rows = conn
+        .query_all_raw(stmt(conn.get_database_backend(), &sql, values))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DayAggregate {
+                account_id: r.try_get("", "account_id")?,
+                user_id: r.try_get("", "user_id")?,
+                product_id: r.try_get("", "product_id")?,
+                sums: UsageSums {
+                    tokens: r.try_get("", "tokens")?,
+                    opens: r.try_get("", "opens")?,
+                    charges: r.try_get("", "charges")?,
+                    denials: r.try_get("", "denials")?,
+                    cost_minor: r.try_get("", "cost_minor")?,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Every UTC day up to this one is in the rollups; `None` before the first run.
+pub async fn rolled_through(conn: &impl ConnectionTrait) -> Result<Option<NaiveDate>> {
+    let row = conn
+        .query_one_raw(stmt(
+            conn.get_database_backend(),
+            "SELECT rolled_through FROM rollup_watermark WHERE id = 1",
+            vec![],
+        ))
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<Option<NaiveDate>>("", "rolled_through")?,
+        None => None,
+    })
+}
+
+/// Rolls up every closed UTC day not rolled up yet, one transaction per day, and
+/// returns how many days it rolled. Idempotent and safe to run from several workers
+/// at once: each day is taken under the watermark's lock and rebuilt whole.
+pub async fn roll_up(db: &Db, now: DateTime<Utc>) -> Result<u32> {
+    let last_closed = (now - ROLLUP_GRACE).date_naive() - Duration::days(1);
+    let backend = db.backend();
+    db.conn()
+        .execute_raw(stmt(
+            backend,
+            "INSERT INTO rollup_watermark (id, rolled_through) VALUES (1, NULL) \
+             ON CONFLICT (id) DO NOTHING",
+            vec![],
+        ))
+        .await?;
+    let mut rolled = 0;
+    loop {
+        let tx = db.begin_write().await?;
+        if db.is_postgres() {
+            tx.execute_raw(stmt(
+                backend,
+                "SELECT id FROM rollup_watermark WHERE id = 1 FOR UPDATE",
+                vec![],
+            ))
+            .await?;
+        }
+        let next = match rolled_through(&*tx).await? {
+            Some(w) => w + Duration::days(1),
+            None => {
+                let first = open::Entity::find()
+                    .select_only()
+                    .column(open::Column::At)
+                    .order_by_asc(open::Column::At)
+                    .into_tuple::<DateTime<Utc>>()
+                    .one(&*tx)
+                    .await?;
+                match first {
+                    Some(at) => at.date_naive(),
+                    // Nothing to roll yet: later days start after the last closed one.
+                    None => last_closed + Duration::days(1),
+                }
+            }
+        };
+        if next > last_closed {
+            if next == last_closed + Duration::days(1) {
+                set_watermark(&*tx, last_closed).await?;
+            }
+            tx.commit().await?;
+            return Ok(rolled);
+        }
+        roll_day(&*tx, next).await?;
+        set_watermark(&*tx, next).await?;
+        tx.commit().await?;
+        rolled += 1;
+    }
+}
+
+async fn set_watermark(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
+    conn.execute_raw(stmt(
+        conn.get_database_backend(),
+        "UPDATE rollup_watermark SET rolled_through = ? WHERE id = 1",
+        vec![day.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Rebuilds every rollup of `day` from the raw opens.
+async fn roll_day(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
+    let backend = conn.get_database_backend();
+    for grain in Grain::ALL {
+        conn.execute_raw(stmt(
+            backend,
+            &format!("DELETE FROM {} WHERE day = ?", grain.table()),
+            vec![day.into()],
+        ))
+        .await?;
+    }
+    let aggregates = day_aggregates(conn, day, None).await?;
+    let mut by_account: BTreeMap<i32, Vec<DayAggregate>> = BTreeMap::new();
+    for a in aggregates {
+        by_account.entry(a.account_id).or_default().push(a);
+    }
+    for grain in Grain::ALL {
+        let mut rows = Vec::new();
+        for (account_id, aggregates) in &by_account {
+            rows.extend(
+                coarsen(day, aggregates, grain)
+                    .into_iter()
+                    .map(|r| (*account_id, r)),
+            );
+        }
+        insert_rows(conn, grain, &rows).await?;
+    }
+    // Distinct users of a week or month cannot be summed from days: keep who used
+    // what so far, and the period-to-date counts through this day.
+    for period in [Period::Week, Period::Month] {
+        roll_period_users(conn, period, day, by_account.values().flatten()).await?;
+    }
+    Ok(())
+}
+
+async fn insert_rows(
+    conn: &impl ConnectionTrait,
+    grain: Grain,
+    rows: &[(i32, DayRow)],
+) -> Result<()> {
+    let mut columns = vec!["account_id", "day"];
+    if grain.user {
+        columns.push("user_id");
+    }
+    if grain.product {
+        columns.push("product_id");
+    }
+    columns.extend(["tokens", "opens", "charges", "denials", "cost_minor"]);
+    if grain.stores_distinct_users() {
+        columns.push("distinct_users");
+    }
+    let row_sql = format!("({})", vec!["?"; columns.len()].join(", "));
+    // Well under SQLite's and PostgreSQL's limits on bound values.
+    for chunk in rows.chunks(2_000) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * columns.len());
+        for (account_id, r) in chunk {
+            values.push((*account_id).into());
+            values.push(r.day.into());
+            if grain.user {
+                values.push(r.user_id.into());
+            }
+            if grain.product {
+                values.push(r.product_id.into());
+            }
+            values.extend([
+                r.sums.tokens.into(),
+                r.sums.opens.into(),
+                r.sums.charges.into(),
+                r.sums.denials.into(),
+                r.sums.cost_minor.into(),
+            ]);
+            if grain.stores_distinct_users() {
+                values.push(r.distinct_users.into());
+            }
+        }
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            grain.table(),
+            columns.join(", "),
+            vec![row_sql.as_str(); chunk.len()].join(", ")
+        );
+        conn.execute_raw(stmt(conn.get_database_backend(), &sql, values))
+            .await?;
+    }
+    Ok(())
+}
+
+/// A period whose distinct users are stored whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Week,
+    Month,
+}
+
+impl Period {
+    fn grain(self) -> &'static str {
+        match self {
+            Period::Week => "WEEK",
+            Period::Month => "MONTH",
+        }
+    }
+
+    /// The first day of the period holding `day` (ISO weeks start on Monday).
+    pub fn start_of(self, day: NaiveDate) -> NaiveDate {
+        match self {
+            Period::Week => day - Duration::days(day.weekday().num_days_from_monday().into()),
+            Period::Month => day.with_day(1).expect("day 1 exists"),
+        }
+    }
+
+    /// The last day of the period starting at `start`.
+    pub fn end_of(self, start: NaiveDate) -> NaiveDate {
+        match self {
+            Period::Week => start + Duration::days(6),
+            Period::Month => {
+                let (y, m) = if start.month() == 12 {
+                    (start.year() + 1, 1)
+                } else {
+                    (start.year(), start.month() + 1)
+                };
+                NaiveDate::from_ymd_opt(y, m, 1).expect("first of month") - Duration::days(1)
+            }
+        }
+    }
+}
+
+/// (product, user) pairs with a granted open in the rolled days `from..=to`, per account.
+pub async fn rolled_user_pairs(
+    conn: &impl ConnectionTrait,
+    account_id: Option<i32>,
+    from: NaiveDate,
+    to: NaiveDate,
+    product_id: Option<i32>,
+) -> Result<HashMap<i32, HashSet<(i32, i32)>>> {
+    let mut sql = String::from(
+        "SELECT account_id, product_id, user_id FROM usage_days \
+         WHERE day >= ? AND day <= ? AND opens > 0",
+    );
+    let mut values: Vec<Value> = vec![from.into(), to.into()];
+    if let Some(a) = account_id {
+        sql.push_str(" AND account_id = ?");
+        values.push(a.into());
+    }
+    if let Some(p) = product_id {
+        sql.push_str(" AND product_id = ?");
+        values.push(p.into());
+    }
+    sql.push_str(" GROUP BY account_id, product_id, user_id");
+    let rows = conn
+        .query_all_raw(stmt(conn.get_database_backend(), &sql, values))
+        .await?;
+    let mut out: HashMap<i32, HashSet<(i32, i32)>> = HashMap::new();
+    for r in rows {
+        let account: i32 = r.try_get("", "account_id")?;
+        out.entry(account)
+            .or_default()
+            .insert((r.try_get("", "product_id")?, r.try_get("", "user_id")?));
+    }
+    Ok(out)
+}
+
+/// Distinct users per product (and, under product 0, over all products) of a set of
+/// (product, user) pairs.
+pub fn distinct_users(pairs: &HashSet<(i32, i32)>) -> (HashMap<i32, i64>, i64) {
+    let mut per_product: HashMap<i32, i64> = HashMap::new();
+    let mut users: HashSet<i32> = HashSet::new();
+    for (product, user) in pairs {
+        *per_product.entry(*product).or_default() += 1;
+        users.insert(*user);
+    }
+    (per_product, users.len() as i64)
+}
+
+/// Adds `day`'s users to the members of the week or month holding it and stores the
+/// period-to-date distinct counts through `day`. Rebuilds that day's part if it runs
+/// again; a finished period keeps its counts and drops its members.
+async fn roll_period_users<'a>(
+    conn: &impl ConnectionTrait,
+    period: Period,
+    day: NaiveDate,
+    aggregates: impl Iterator<Item = &'a DayAggregate>,
+) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let start = period.start_of(day);
+    let key = || -> Vec<Value> { vec![period.grain().into(), start.into(), day.into()] };
+    // Rolling a day of a period that was finished before (its members dropped): bring
+    // back the members of its earlier days from the daily rollups first.
+    let finished = conn
+        .query_one_raw(stmt(
+            backend,
+            "SELECT 1 AS finished FROM usage_period_users \
+             WHERE grain = ? AND period = ? AND through_day = ?",
+            vec![
+                period.grain().into(),
+                start.into(),
+                period.end_of(start).into(),
+            ],
+        ))
+        .await?
+        .is_some();
+    if finished {
+        restore_period_members(conn, period, start, day).await?;
+    }
+    conn.execute_raw(stmt(
+        backend,
+        "DELETE FROM usage_period_members WHERE grain = ? AND period = ? AND first_day >= ?",
+        key(),
+    ))
+    .await?;
+    conn.execute_raw(stmt(
+        backend,
+        "DELETE FROM usage_period_users WHERE grain = ? AND period = ? AND through_day >= ?",
+        key(),
+    ))
+    .await?;
+    let mut counts: BTreeMap<(i32, i32), i64> = BTreeMap::new();
+    if day > start {
+        let rows = conn
+            .query_all_raw(stmt(
+                backend,
+                "SELECT account_id, product_id, distinct_users FROM usage_period_users \
+                 WHERE grain = ? AND period = ? AND through_day = ?",
+                vec![
+                    period.grain().into(),
+                    start.into(),
+                    (day - Duration::days(1)).into(),
+                ],
+            ))
+            .await?;
+        for r in rows {
+            counts.insert(
+                (r.try_get("", "account_id")?, r.try_get("", "product_id")?),
+                r.try_get("", "distinct_users")?,
+            );
+        }
+    }
+    // Each user under the product used and under 0 (any product).
+    let members: Vec<(i32, i32, i32)> = aggregates
+        .filter(|a| a.sums.counts_user())
+        .flat_map(|a| {
+            [
+                (a.account_id, a.product_id, a.user_id),
+                (a.account_id, 0, a.user_id),
+            ]
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in members.chunks(2_000) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+        for (account_id, product_id, user_id) in chunk {
+            values.extend([
+                (*account_id).into(),
+                period.grain().into(),
+                start.into(),
+                (*product_id).into(),
+                (*user_id).into(),
+                day.into(),
+            ]);
+        }
+        // Only members new to the period come back, and only they add to the counts.
+        let sql = format!(
+            "INSERT INTO usage_period_members \
+             (account_id, grain, period, product_id, user_id, first_day) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING account_id, product_id",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        for r in conn.query_all_raw(stmt(backend, &sql, values)).await? {
+            *counts
+                .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
+                .or_default() += 1;
+        }
+    }
+    let counts: Vec<_> = counts.into_iter().collect();
+    for chunk in counts.chunks(2_000) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+        for ((account_id, product_id), n) in chunk {
+            values.extend([
+                (*account_id).into(),
+                period.grain().into(),
+                start.into(),
+                day.into(),
+                (*product_id).into(),
+                (*n).into(),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO usage_period_users \
+             (account_id, grain, period, through_day, product_id, distinct_users) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        conn.execute_raw(stmt(backend, &sql, values)).await?;
+    }
+    if day == period.end_of(start) {
+        conn.execute_raw(stmt(
+            backend,
+            "DELETE FROM usage_period_members WHERE grain = ? AND period = ?",
+            vec![period.grain().into(), start.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The members of `period` from its first day up to (not including) `before`, rebuilt
+/// from the daily rollups.
+async fn restore_period_members(
+    conn: &impl ConnectionTrait,
+    period: Period,
+    start: NaiveDate,
+    before: NaiveDate,
+) -> Result<()> {
+    conn.execute_raw(stmt(
+        conn.get_database_backend(),
+        "DELETE FROM usage_period_members WHERE grain = ? AND period = ?",
+        vec![period.grain().into(), start.into()],
+    ))
+    .await?;
+    if before <= start {
+        return Ok(());
+    }
+    let first_days = first_days_of(conn, start, before - Duration::days(1)).await?;
+    let mut members: Vec<(i32, i32, i32, NaiveDate)> = Vec::new();
+    let mut any_product: BTreeMap<(i32, i32), NaiveDate> = BTreeMap::new();
+    for ((account_id, product_id, user_id), first) in first_days {
+        members.push((account_id, product_id, user_id, first));
+        let any = any_product.entry((account_id, user_id)).or_insert(first);
+        *any = (*any).min(first);
+    }
+    members.extend(
+        any_product
+            .into_iter()
+            .map(|((account_id, user_id), first)| (account_id, 0, user_id, first)),
+    );
+    for chunk in members.chunks(2_000) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+        for (account_id, product_id, user_id, first_day) in chunk {
+            values.extend([
+                (*account_id).into(),
+                period.grain().into(),
+                start.into(),
+                (*product_id).into(),
+                (*user_id).into(),
+                (*first_day).into(),
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO usage_period_members \
+             (account_id, grain, period, product_id, user_id, first_day) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        conn.execute_raw(stmt(conn.get_database_backend(), &sql, values))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The first rolled day in `from..=to` each user opened each product.
+async fn first_days_of(
+    conn: &impl ConnectionTrait,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<HashMap<(i32, i32, i32), NaiveDate>> {
+    let rows = conn
+        .query_all_raw(stmt(
+            conn.get_database_backend(),
+            "SELECT account_id, product_id, user_id, MIN(day) AS first_day FROM usage_days \
+             WHERE day >= ? AND day <= ? AND opens > 0 GROUP BY account_id, product_id, user_id",
+            vec![from.into(), to.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                (
+                    r.try_get("", "account_id")?,
+                    r.try_get("", "product_id")?,
+                    r.try_get("", "user_id")?,
+                ),
+                r.try_get("", "first_day")?,
+            ))
+        })
+        .collect()
+}
+
+/// Distinct users of one account in `period` (starting at `start`) from its first day
+/// through `end`, per product and under 0 for any product: the stored count through
+/// the last rolled day, plus the users of the raw tail (`tail`: (product, user) pairs
+/// of the days after `rolled_end`) the period had not seen yet.
+pub async fn period_to_date_users(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    period: Period,
+    start: NaiveDate,
+    end: NaiveDate,
+    rolled_end: Option<NaiveDate>,
+    tail: &HashSet<(i32, i32)>,
+) -> Result<HashMap<i32, i64>> {
+    let backend = conn.get_database_backend();
+    let through = rolled_end.filter(|r| *r >= start).map(|r| r.min(end));
+    let mut counts: HashMap<i32, i64> = HashMap::new();
+    let Some(through) = through else {
+        let (per_product, all) = distinct_users(tail);
+        counts.extend(per_product);
+        counts.insert(0, all);
+        return Ok(counts);
+    };
+    let rows = conn
+        .query_all_raw(stmt(
+            backend,
+            "SELECT product_id, distinct_users FROM usage_period_users \
+             WHERE account_id = ? AND grain = ? AND period = ? AND through_day = ?",
+            vec![
+                account_id.into(),
+                period.grain().into(),
+                start.into(),
+                through.into(),
+            ],
+        ))
+        .await?;
+    for r in rows {
+        counts.insert(
+            r.try_get("", "product_id")?,
+            r.try_get("", "distinct_users")?,
+        );
+    }
+    if tail.is_empty() {
+        return Ok(counts);
+    }
+    let mut fresh: HashSet<(i32, i32)> = tail.iter().copied().collect();
+    fresh.extend(tail.iter().map(|(_, user)| (0, *user)));
+    let users: Vec<i32> = fresh
+        .iter()
+        .map(|(_, u)| *u)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in users.chunks(1_000) {
+        let sql = format!(
+            "SELECT product_id, user_id FROM usage_period_members \
+             WHERE account_id = ? AND grain = ? AND period = ? AND user_id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut values: Vec<Value> = vec![account_id.into(), period.grain().into(), start.into()];
+        values.extend(chunk.iter().map(|u| Value::from(*u)));
+        for r in conn.query_all_raw(stmt(backend, &sql, values)).await? {
+            fresh.remove(&(r.try_get("", "product_id")?, r.try_get("", "user_id")?));
+        }
+    }
+    for (product, _) in fresh {
+        *counts.entry(product).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// Filters on rolled rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowFilter {
+    pub user_id: Option<i32>,
+    pub product_id: Option<i32>,
+}
+
+/// Rolled daily rows of one account at `grain` for `from..=to`.
+pub async fn rolled_rows(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    grain: Grain,
+    from: NaiveDate,
+    to: NaiveDate,
+    filter: RowFilter,
+) -> Result<Vec<DayRow>> {
+    let mut sql = format!(
+        "SELECT day, {}{}tokens, opens, charges, denials, cost_minor{} FROM {} \
+         WHERE account_id = ? AND day >= ? AND day <= ?",
+        if grain.user { "user_id, " } else { "" },
+        if grain.product { "product_id, " } else { "" },
+        if grain.stores_distinct_users() {
+            ", distinct_users"
+        } else {
+            ""
+        },
+        grain.table()
+    );
+    let mut values: Vec<Value> = vec![account_id.into(), from.into(), to.into()];
+    if let Some(u) = filter.user_id.filter(|_| grain.user) {
+        sql.push_str(" AND user_id = ?");
+        values.push(u.into());
+    }
+    if let Some(p) = filter.product_id.filter(|_| grain.product) {
+        sql.push_str(" AND product_id = ?");
+        values.push(p.into());
+    }
+    let rows = conn
+        .query_all_raw(stmt(conn.get_database_backend(), &sql, values))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let sums = UsageSums {
+                tokens: r.try_get("", "tokens")?,
+                opens: r.try_get("", "opens")?,
+                charges: r.try_get("", "charges")?,
+                denials: r.try_get("", "denials")?,
+                cost_minor: r.try_get("", "cost_minor")?,
+            };
+            Ok(DayRow {
+                day: r.try_get("", "day")?,
+                user_id: if grain.user {
+                    Some(r.try_get("", "user_id")?)
+                } else {
+                    None
+                },
+                product_id: if grain.product {
+                    Some(r.try_get("", "product_id")?)
+                } else {
+                    None
+                },
+                distinct_users: if grain.stores_distinct_users() {
+                    r.try_get("", "distinct_users")?
+                } else {
+                    i64::from(sums.counts_user())
+                },
+                sums,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(user_id: i32, product_id: i32, opens: i64, denials: i64) -> DayAggregate {
+        DayAggregate {
+            account_id: 1,
+            user_id,
+            product_id,
+            sums: UsageSums {
+                tokens: opens * 2,
+                opens,
+                charges: opens,
+                denials,
+                cost_minor: opens * 20,
+            },
+        }
+    }
+
+    #[test]
+    fn coarsening_sums_and_counts_only_users_who_opened() {
+        let day = NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+        let aggs = [
+            agg(1, 7, 1, 0),
+            agg(2, 7, 2, 0),
+            agg(1, 8, 1, 0),
+            agg(3, 8, 0, 4),
+        ];
+        let total = coarsen(day, &aggs, Grain::ALL[3]);
+        assert_eq!(total.len(), 1);
+        assert_eq!(total[0].sums.opens, 4);
+        assert_eq!(total[0].sums.denials, 4);
+        assert_eq!(total[0].distinct_users, 2, "user 3 was only denied");
+        let by_product = coarsen(day, &aggs, Grain::ALL[2]);
+        let counts: Vec<(Option<i32>, i64)> = by_product
+            .iter()
+            .map(|r| (r.product_id, r.distinct_users))
+            .collect();
+        assert_eq!(counts, [(Some(7), 2), (Some(8), 1)]);
+    }
+
+    #[test]
+    fn distinct_users_are_not_sums_of_products() {
+        let pairs: HashSet<(i32, i32)> = [(7, 1), (8, 1), (7, 2)].into_iter().collect();
+        let (per_product, all) = distinct_users(&pairs);
+        assert_eq!(per_product[&7], 2);
+        assert_eq!(per_product[&8], 1);
+        assert_eq!(all, 2);
+    }
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        let s = stmt(
+            DatabaseBackend::Postgres,
+            "a = ? AND b = ?",
+            vec![1.into(), 2.into()],
+        );
+        assert_eq!(s.sql, "a = $1 AND b = $2");
+        let s = stmt(DatabaseBackend::Sqlite, "a = ?", vec![1.into()]);
+        assert_eq!(s.sql, "a = ?");
+    }
+}
