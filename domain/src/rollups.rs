@@ -9,7 +9,8 @@ use crate::error::Result;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use daypass_entity::open;
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, EntityTrait, QueryOrder, QuerySelect, Statement, Value,
+    ConnectionTrait, DatabaseBackend, EntityTrait, QueryOrder, QueryResult, QuerySelect, Statement,
+    Value,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::AddAssign;
@@ -352,13 +353,10 @@ async fn insert_rows(
     if grain.stores_distinct_users() {
         columns.push("distinct_users");
     }
-    let row_sql = format!("({})", vec!["?"; columns.len()].join(", "));
-    // Well under SQLite's and PostgreSQL's limits on bound values.
-    for chunk in rows.chunks(2_000) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * columns.len());
-        for (account_id, r) in chunk {
-            values.push((*account_id).into());
-            values.push(r.day.into());
+    let rows = rows
+        .iter()
+        .map(|(account_id, r)| {
+            let mut values: Vec<Value> = vec![(*account_id).into(), r.day.into()];
             if grain.user {
                 values.push(r.user_id.into());
             }
@@ -375,18 +373,50 @@ async fn insert_rows(
             if grain.stores_distinct_users() {
                 values.push(r.distinct_users.into());
             }
-        }
+            values
+        })
+        .collect();
+    insert_many(conn, grain.table(), &columns, rows, "").await?;
+    Ok(())
+}
+
+/// Inserts `rows` into `table` with multi-row statements, well under SQLite's and
+/// PostgreSQL's limits on bound values. `suffix` ends each statement (say, `ON
+/// CONFLICT … RETURNING …`); the rows it returns are collected.
+async fn insert_many(
+    conn: &impl ConnectionTrait,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Value>>,
+    suffix: &str,
+) -> Result<Vec<QueryResult>> {
+    let row_sql = format!("({})", vec!["?"; columns.len()].join(", "));
+    let mut returned = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(2_000).collect();
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES {}",
-            grain.table(),
+            "INSERT INTO {table} ({}) VALUES {} {suffix}",
             columns.join(", "),
             vec![row_sql.as_str(); chunk.len()].join(", ")
         );
-        conn.execute_raw(stmt(conn.get_database_backend(), &sql, values))
-            .await?;
+        let values = chunk.into_iter().flatten().collect();
+        returned.extend(
+            conn.query_all_raw(stmt(conn.get_database_backend(), &sql, values))
+                .await?,
+        );
     }
-    Ok(())
+    Ok(returned)
 }
+
+const MEMBER_COLUMNS: [&str; 6] = [
+    "account_id",
+    "grain",
+    "period",
+    "product_id",
+    "user_id",
+    "first_day",
+];
 
 /// A period whose distinct users are stored whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -549,51 +579,61 @@ async fn roll_period_users<'a>(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    for chunk in members.chunks(2_000) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
-        for (account_id, product_id, user_id) in chunk {
-            values.extend([
-                (*account_id).into(),
+    let members = members
+        .into_iter()
+        .map(|(account_id, product_id, user_id)| {
+            vec![
+                account_id.into(),
                 period.grain().into(),
                 start.into(),
-                (*product_id).into(),
-                (*user_id).into(),
+                product_id.into(),
+                user_id.into(),
                 day.into(),
-            ]);
-        }
-        // Only members new to the period come back, and only they add to the counts.
-        let sql = format!(
-            "INSERT INTO usage_period_members \
-             (account_id, grain, period, product_id, user_id, first_day) VALUES {} \
-             ON CONFLICT DO NOTHING RETURNING account_id, product_id",
-            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-        );
-        for r in conn.query_all_raw(stmt(backend, &sql, values)).await? {
-            *counts
-                .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
-                .or_default() += 1;
-        }
+            ]
+        })
+        .collect();
+    // Only members new to the period come back, and only they add to the counts.
+    let new_members = insert_many(
+        conn,
+        "usage_period_members",
+        &MEMBER_COLUMNS,
+        members,
+        "ON CONFLICT DO NOTHING RETURNING account_id, product_id",
+    )
+    .await?;
+    for r in new_members {
+        *counts
+            .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
+            .or_default() += 1;
     }
-    let counts: Vec<_> = counts.into_iter().collect();
-    for chunk in counts.chunks(2_000) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
-        for ((account_id, product_id), n) in chunk {
-            values.extend([
-                (*account_id).into(),
+    let counts = counts
+        .into_iter()
+        .map(|((account_id, product_id), n)| {
+            vec![
+                account_id.into(),
                 period.grain().into(),
                 start.into(),
                 day.into(),
-                (*product_id).into(),
-                (*n).into(),
-            ]);
-        }
-        let sql = format!(
-            "INSERT INTO usage_period_users \
-             (account_id, grain, period, through_day, product_id, distinct_users) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-        );
-        conn.execute_raw(stmt(backend, &sql, values)).await?;
-    }
+                product_id.into(),
+                n.into(),
+            ]
+        })
+        .collect();
+    insert_many(
+        conn,
+        "usage_period_users",
+        &[
+            "account_id",
+            "grain",
+            "period",
+            "through_day",
+            "product_id",
+            "distinct_users",
+        ],
+        counts,
+        "",
+    )
+    .await?;
     if day == period.end_of(start) {
         conn.execute_raw(stmt(
             backend,
@@ -635,26 +675,20 @@ async fn restore_period_members(
             .into_iter()
             .map(|((account_id, user_id), first)| (account_id, 0, user_id, first)),
     );
-    for chunk in members.chunks(2_000) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
-        for (account_id, product_id, user_id, first_day) in chunk {
-            values.extend([
-                (*account_id).into(),
+    let members = members
+        .into_iter()
+        .map(|(account_id, product_id, user_id, first_day)| {
+            vec![
+                account_id.into(),
                 period.grain().into(),
                 start.into(),
-                (*product_id).into(),
-                (*user_id).into(),
-                (*first_day).into(),
-            ]);
-        }
-        let sql = format!(
-            "INSERT INTO usage_period_members \
-             (account_id, grain, period, product_id, user_id, first_day) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-        );
-        conn.execute_raw(stmt(conn.get_database_backend(), &sql, values))
-            .await?;
-    }
+                product_id.into(),
+                user_id.into(),
+                first_day.into(),
+            ]
+        })
+        .collect();
+    insert_many(conn, "usage_period_members", &MEMBER_COLUMNS, members, "").await?;
     Ok(())
 }
 
