@@ -85,7 +85,10 @@ fn header_key(headers: &HeaderMap) -> Result<Option<&str>, DomainError> {
 }
 
 /// The caller named by `Authorization: Bearer <key>`; `None` when there is no key.
-pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Actor>, DomainError> {
+pub(crate) async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Actor>, DomainError> {
     let Some(key) = header_key(headers)? else {
         return Ok(None);
     };

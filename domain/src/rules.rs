@@ -291,18 +291,27 @@ mod tests {
 
     #[test]
     fn expected_need_scales_the_trailing_window_and_rounds_up() {
-        let need = TokenNeed { trailing_tokens: 100, trailing_days: 28 };
+        let need = TokenNeed {
+            trailing_tokens: 100,
+            trailing_days: 28,
+        };
         assert_eq!(need.expected_by(28), 100);
         assert_eq!(need.expected_by(1), 4);
         assert_eq!(need.expected_by(90), 322);
         assert_eq!(need.expected_by(0), 0);
-        let idle = TokenNeed { trailing_tokens: 0, trailing_days: 28 };
+        let idle = TokenNeed {
+            trailing_tokens: 0,
+            trailing_days: 28,
+        };
         assert_eq!(idle.expected_by(90), 0);
     }
 
     #[test]
     fn tokens_expiring_before_they_are_needed_cover_nothing() {
-        let need = TokenNeed { trailing_tokens: 28, trailing_days: 28 }; // 1 a day
+        let need = TokenNeed {
+            trailing_tokens: 28,
+            trailing_days: 28,
+        }; // 1 a day
         // 50 tokens expiring in 10 days cover only the first 10 days' need.
         assert_eq!(need.covered_by_lots(&[(50, 10)], 30), 10);
         // Plus a lot lasting past the horizon: it covers the rest.

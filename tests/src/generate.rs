@@ -112,7 +112,9 @@ fn say(spec: &YearSpec, line: impl FnOnce() -> String) {
 /// `spec.roll_up` is false.
 pub async fn generate_year(db: &Db, spec: &YearSpec) -> Result<Generated> {
     if spec.days == 0 || spec.users < 2 || spec.products < 2 {
-        return Err(anyhow!("a year needs days, at least 2 users and 2 products"));
+        return Err(anyhow!(
+            "a year needs days, at least 2 users and 2 products"
+        ));
     }
     let mut phases = Vec::new();
     let t0 = Instant::now();
@@ -183,7 +185,9 @@ pub async fn generate_year(db: &Db, spec: &YearSpec) -> Result<Generated> {
         let t3 = Instant::now();
         let n = rollups::roll_up(db, Utc::now()).await?;
         phases.push(("roll up", t3.elapsed()));
-        say(spec, || format!("rolled up {n} days in {:.1?}", t3.elapsed()));
+        say(spec, || {
+            format!("rolled up {n} days in {:.1?}", t3.elapsed())
+        });
         Some(n)
     } else {
         None
@@ -204,7 +208,10 @@ pub async fn generate_year(db: &Db, spec: &YearSpec) -> Result<Generated> {
     let generated = Generated {
         big_account_id: ids.account_ids[0],
         charges: accounts.iter().map(|a| a.stats.charges).sum(),
-        opens: accounts.iter().map(|a| a.stats.opens + a.stats.denials).sum(),
+        opens: accounts
+            .iter()
+            .map(|a| a.stats.opens + a.stats.denials)
+            .sum(),
         denials: accounts.iter().map(|a| a.stats.denials).sum(),
         lots: accounts.iter().map(|a| u64::from(a.stats.lots)).sum(),
         ledger_entries: ledger,
@@ -238,11 +245,7 @@ pub async fn generate_year(db: &Db, spec: &YearSpec) -> Result<Generated> {
 }
 
 /// The catalog, accounts, users, lists and subscriptions. Returns their ids.
-async fn write_setup(
-    db: &Db,
-    plan: &plan::Plan,
-    rng: &mut StdRng,
-) -> Result<sim::SetupIds> {
+async fn write_setup(db: &Db, plan: &plan::Plan, rng: &mut StdRng) -> Result<sim::SetupIds> {
     // Created in a shuffled order, so popularity does not follow the ids.
     let mut order: Vec<usize> = (0..plan.products.len()).collect();
     order.shuffle(rng);

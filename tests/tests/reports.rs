@@ -269,8 +269,10 @@ async fn set_watermark_null(db: &Db) {
         .unwrap();
 }
 
-/// (period, product, distinct users, opens, denials) of each row.
-fn shape(r: &[UsageRow]) -> Vec<(Option<NaiveDate>, Option<i32>, i64, i64, i64)> {
+/// (period, product, distinct users, opens, denials) of a row.
+type Shape = (Option<NaiveDate>, Option<i32>, i64, i64, i64);
+
+fn shape(r: &[UsageRow]) -> Vec<Shape> {
     r.iter()
         .map(|r| (r.period, r.product_id, r.distinct_users, r.opens, r.denials))
         .collect()
@@ -347,7 +349,8 @@ fn model(facts: &[Fact], query: &UsageQuery) -> Vec<UsageRow> {
         }
     };
     type Acc = (UsageRow, BTreeSet<i32>);
-    let mut groups: BTreeMap<(Option<NaiveDate>, Option<i32>, Option<i32>), Acc> = BTreeMap::new();
+    type Key = (Option<NaiveDate>, Option<i32>, Option<i32>);
+    let mut groups: BTreeMap<Key, Acc> = BTreeMap::new();
     for f in facts {
         let day = f.at.date_naive();
         if day < query.from || day > query.to {
@@ -732,9 +735,7 @@ struct DistinctScenario {
 async fn check_distinct(db: &Db, s: &DistinctScenario, sources: &[Source], phase: &str) {
     let (a, x, y) = (s.account_id, s.x, s.y);
     let (mar1, mar2, mar9) = (d("2026-03-01"), d("2026-03-02"), d("2026-03-09"));
-    let expect = |query: UsageQuery, want: Vec<(Option<NaiveDate>, Option<i32>, i64, i64, i64)>| {
-        (query, want)
-    };
+    let expect = |query: UsageQuery, want: Vec<Shape>| (query, want);
     let cases = vec![
         // E Mon, A Tue, B Thu, A Fri (two products): three users in the week; C was
         // only denied.
@@ -939,7 +940,8 @@ fn periods(r: &[UsageRow]) -> Vec<(Option<NaiveDate>, i64)> {
 
 async fn check_year_end(db: &Db, a: i32, phase: &str) {
     let (dec1, jan1) = (d("2026-12-01"), d("2027-01-01"));
-    let cases: Vec<(UsageQuery, Vec<(Option<NaiveDate>, i64)>)> = vec![
+    type Case = (UsageQuery, Vec<(Option<NaiveDate>, i64)>);
+    let cases: Vec<Case> = vec![
         (
             q(dec1, d("2027-01-31"), &[Month], None, None),
             vec![(Some(dec1), 2), (Some(jan1), 3)],

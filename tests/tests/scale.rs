@@ -42,7 +42,9 @@ async fn int(db: &Db, sql: &str, values: Vec<Value>) -> i64 {
 }
 
 fn ints(r: &QueryResult, cols: &[&str]) -> Vec<i64> {
-    cols.iter().map(|c| r.try_get::<i64>("", c).unwrap()).collect()
+    cols.iter()
+        .map(|c| r.try_get::<i64>("", c).unwrap())
+        .collect()
 }
 
 /// Totals of a report's rows: tokens, opens, charges, denials, cost.
@@ -68,7 +70,11 @@ async fn table_totals(
 ) -> [i64; 5] {
     let (start, end): (DateTime<Utc>, DateTime<Utc>) =
         (day_start(from), day_start(to + Duration::days(1)));
-    let user_filter = if user.is_some() { " AND user_id = ?" } else { "" };
+    let user_filter = if user.is_some() {
+        " AND user_id = ?"
+    } else {
+        ""
+    };
     let mut values: Vec<Value> = vec![account.into(), start.into(), end.into()];
     if let Some(u) = user {
         values.push(u.into());
@@ -122,13 +128,17 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
     let g = generate_year(&db, &spec).await.expect("generate");
     let big = g.big_account_id;
     let (from, to) = (spec.first_day(), spec.end);
-    assert_eq!(g.accounts[0].stats.charges, spec.charges, "{:?}", g.accounts[0]);
+    assert_eq!(
+        g.accounts[0].stats.charges, spec.charges,
+        "{:?}",
+        g.accounts[0]
+    );
     assert!(g.accounts.len() >= 3);
 
     // Rule 6, lot by lot: the ledger holds what the lot says, and the status follows.
     let lots = rows(
         &db,
-        "SELECT l.id AS id, l.quantity AS quantity, l.used AS used, l.expired AS expired, \
+        "SELECT CAST(l.id AS BIGINT) AS id, l.quantity AS quantity, l.used AS used, l.expired AS expired, \
          l.remaining AS remaining, l.status AS status, \
          CAST(COALESCE(SUM(CASE WHEN e.kind = 'PURCHASE' THEN e.tokens ELSE 0 END), 0) AS BIGINT) AS bought, \
          CAST(COALESCE(SUM(CASE WHEN e.kind = 'CHARGE' THEN -e.tokens ELSE 0 END), 0) AS BIGINT) AS charged, \
@@ -141,17 +151,38 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
     assert!(lots.len() as u64 >= g.lots && g.lots > 0);
     let mut expired_lots = 0;
     for l in &lots {
-        let [id, quantity, used, expired, remaining, bought, charged, lost] = ints(
+        let [
+            id,
+            quantity,
+            used,
+            expired,
+            remaining,
+            bought,
+            charged,
+            lost,
+        ] = ints(
             l,
             &[
-                "id", "quantity", "used", "expired", "remaining", "bought", "charged", "lost",
+                "id",
+                "quantity",
+                "used",
+                "expired",
+                "remaining",
+                "bought",
+                "charged",
+                "lost",
             ],
-        )[..] else {
+        )[..]
+        else {
             unreachable!()
         };
         let status: String = l.try_get("", "status").unwrap();
         assert_eq!(quantity, used + expired + remaining, "lot {id}");
-        assert_eq!((bought, charged, lost), (quantity, used, expired), "lot {id}");
+        assert_eq!(
+            (bought, charged, lost),
+            (quantity, used, expired),
+            "lot {id}"
+        );
         let expected = match (remaining, expired) {
             (r, _) if r > 0 => "ACTIVE",
             (0, e) if e > 0 => "EXPIRED",
@@ -160,12 +191,25 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
         assert_eq!(status, expected, "lot {id}");
         expired_lots += usize::from(expired > 0);
     }
-    assert!(expired_lots > 0, "the migrated lot expires with tokens left");
+    assert!(
+        expired_lots > 0,
+        "the migrated lot expires with tokens left"
+    );
 
     // Every token charged came from a lot; each charge's ledger entries sum to it and
     // its cost is what those lots were bought at.
-    let used = int(&db, "SELECT CAST(SUM(used) AS BIGINT) AS n FROM lots", vec![]).await;
-    let charged = int(&db, "SELECT CAST(SUM(tokens) AS BIGINT) AS n FROM charges", vec![]).await;
+    let used = int(
+        &db,
+        "SELECT CAST(SUM(used) AS BIGINT) AS n FROM lots",
+        vec![],
+    )
+    .await;
+    let charged = int(
+        &db,
+        "SELECT CAST(SUM(tokens) AS BIGINT) AS n FROM charges",
+        vec![],
+    )
+    .await;
     assert_eq!(used, charged);
     let bad_charges = int(
         &db,
@@ -188,7 +232,12 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
         vec![],
     )
     .await;
-    let windows = int(&db, "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM windows", vec![]).await;
+    let windows = int(
+        &db,
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM windows",
+        vec![],
+    )
+    .await;
     let pairs = int(
         &db,
         "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM \
@@ -220,7 +269,12 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
     .iter()
     .map(|r| r.try_get("", "o").unwrap())
     .collect();
-    for o in ["FLEX", "SUBSCRIPTION", "PRODUCT_RESTRICTED", "UNKNOWN_PRODUCT"] {
+    for o in [
+        "FLEX",
+        "SUBSCRIPTION",
+        "PRODUCT_RESTRICTED",
+        "UNKNOWN_PRODUCT",
+    ] {
         assert!(outcomes.iter().any(|x| x == o), "{o} in {outcomes:?}");
     }
 
@@ -230,7 +284,12 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
     let reports = [
         (from, to, vec![Dimension::Month, Dimension::Product], None),
         (last_30, to, vec![Dimension::Day, Dimension::User], None),
-        (from, to, vec![Dimension::Month, Dimension::Product], Some(user)),
+        (
+            from,
+            to,
+            vec![Dimension::Month, Dimension::Product],
+            Some(user),
+        ),
     ];
     let half = day_start(from + Duration::days(30)) + rollups::ROLLUP_GRACE;
     let rolled = rollups::roll_up(&db, half).await.unwrap();

@@ -33,6 +33,9 @@ struct Args {
     /// The user of the one-user report (default: the account's busiest of the last 30 days).
     #[arg(long)]
     user: Option<i32>,
+    /// Run the rollup job first (for a year generated with `--no-rollup`), timed.
+    #[arg(long)]
+    roll_up: bool,
 }
 
 struct Report {
@@ -104,6 +107,14 @@ async fn main() -> Result<()> {
     } else {
         "SQLite"
     };
+    if args.roll_up {
+        let t = Instant::now();
+        let days = rollups::roll_up(&db, chrono::Utc::now()).await?;
+        println!(
+            "{kind}: rolled up {days} days in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let account_id: i32 = match args.account {
         Some(a) => a,
         None => one(
@@ -130,7 +141,12 @@ async fn main() -> Result<()> {
     let month_from = to - Duration::days(29);
     let count = |sql: &'static str, values: Vec<Value>| {
         let db = &db;
-        async move { one(db, sql, values).await?.try_get::<i64>("", "n").map_err(anyhow::Error::from) }
+        async move {
+            one(db, sql, values)
+                .await?
+                .try_get::<i64>("", "n")
+                .map_err(anyhow::Error::from)
+        }
     };
     let t = Instant::now();
     let charges = count("SELECT COUNT(*) AS n FROM charges", vec![]).await?;

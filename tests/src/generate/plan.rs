@@ -16,14 +16,14 @@ const KINDS: [&str; 10] = [
     "cad", "cam", "render", "sim", "paint", "audio", "video", "gis", "bim", "pdf",
 ];
 const FIRST: [&str; 24] = [
-    "ada", "ben", "chloe", "dev", "emma", "farid", "grace", "hugo", "ines", "jon", "kai",
-    "lena", "malik", "nora", "omar", "priya", "quinn", "rosa", "sam", "tara", "uma", "victor",
-    "wen", "yusuf",
+    "ada", "ben", "chloe", "dev", "emma", "farid", "grace", "hugo", "ines", "jon", "kai", "lena",
+    "malik", "nora", "omar", "priya", "quinn", "rosa", "sam", "tara", "uma", "victor", "wen",
+    "yusuf",
 ];
 const LAST: [&str; 20] = [
-    "abbott", "baker", "castro", "dubois", "evans", "fischer", "garcia", "haddad", "ito",
-    "jensen", "kowalski", "lopez", "moreau", "nakamura", "okafor", "petrov", "rossi", "silva",
-    "tanaka", "weber",
+    "abbott", "baker", "castro", "dubois", "evans", "fischer", "garcia", "haddad", "ito", "jensen",
+    "kowalski", "lopez", "moreau", "nakamura", "okafor", "petrov", "rossi", "silva", "tanaka",
+    "weber",
 ];
 
 /// Codes opened by old launchers that name no catalog product.
@@ -264,7 +264,10 @@ fn plan_products(spec: &YearSpec, rng: &mut StdRng) -> Vec<ProductPlan> {
             let kind = KINDS[(i / FAMILIES.len() + 3 * (i % FAMILIES.len())) % KINDS.len()];
             let round = i / (FAMILIES.len() * KINDS.len());
             let (code, name) = if round == 0 {
-                (format!("{family}-{kind}"), format!("{} {}", title(family), kind.to_uppercase()))
+                (
+                    format!("{family}-{kind}"),
+                    format!("{} {}", title(family), kind.to_uppercase()),
+                )
             } else {
                 (
                     format!("{family}-{kind}-{round}"),
@@ -306,7 +309,10 @@ fn plan_account(
     rng: &mut StdRng,
 ) -> AccountPlan {
     let domain = format!("{}.test", s.name.to_lowercase());
-    let created_at = at(start - Duration::days(45), 600.0 + rng.random_range(0.0..240.0));
+    let created_at = at(
+        start - Duration::days(45),
+        600.0 + rng.random_range(0.0..240.0),
+    );
     let p = products.len();
     let n = s.users.max(2) as usize;
     let admins = (n / 1500).max(1);
@@ -368,7 +374,11 @@ fn plan_account(
             .filter(|&i| users[i].role == Role::Member && users[i].deactivated_at.is_none())
             .collect();
         let seats0 = (n / 125).max(2);
-        let mut holders0: Vec<usize> = members.iter().copied().filter(|&i| !users[i].flex).collect();
+        let mut holders0: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| !users[i].flex)
+            .collect();
         holders0.truncate(seats0);
         for &i in members.iter().filter(|&&i| users[i].flex) {
             if holders0.len() >= seats0 {

@@ -92,7 +92,10 @@ struct Account {
     /// (user, index into their regular products, weight).
     pairs: Vec<(usize, usize, f64)>,
     day_targets: Vec<u64>,
+    /// Expected tokens per charge, from the habits planned (before any charge).
     mean_rate: f64,
+    /// Tokens and charges of each day so far, for buying what recent months used.
+    day_tokens: Vec<(i64, u64)>,
     pack: i64,
     top_up_pack: i64,
     /// Live lots with tokens left, in burn order (rule 3).
@@ -245,6 +248,7 @@ impl Sim {
                 pairs,
                 day_targets,
                 mean_rate,
+                day_tokens: vec![(0, 0); days as usize],
                 pack,
                 top_up_pack: pack.min(10_000),
                 lots: BTreeMap::new(),
@@ -332,7 +336,11 @@ impl Sim {
             .accounts
             .into_iter()
             .map(|a| {
-                let busiest = a.users.iter().copied().max_by_key(|&u| (user_charges[u], u));
+                let busiest = a
+                    .users
+                    .iter()
+                    .copied()
+                    .max_by_key(|&u| (user_charges[u], u));
                 AccountStats {
                     busiest_user_id: busiest
                         .filter(|&u| user_charges[u] > 0)
@@ -671,6 +679,9 @@ impl Sim {
             window_ends_at: ends_at,
         });
         acct.stats.charges += 1;
+        let di = (at.date_naive() - self.start).num_days() as usize;
+        acct.day_tokens[di].0 += rate;
+        acct.day_tokens[di].1 += 1;
         self.user_charges[user] += 1;
         acct.stats.tokens += rate;
         acct.stats.cost_minor += cost;
@@ -763,11 +774,16 @@ impl Sim {
         acct.balance += quantity;
     }
 
+    /// `total` tokens (rounded up to a hundred) in packs of at most `pack`.
     fn buy_packs(&mut self, a: usize, total: f64, pack: i64, first_at: DateTime<Utc>) {
-        let n = (total / pack as f64).ceil().max(1.0) as i64;
-        for k in 0..n {
+        let mut left = ((total / 100.0).ceil().max(1.0) as i64) * 100;
+        let mut k = 0;
+        while left > 0 {
+            let quantity = left.min(pack);
             let at = first_at + Duration::seconds(7 * k);
-            self.buy(a, pack, at, at);
+            self.buy(a, quantity, at, at);
+            left -= quantity;
+            k += 1;
         }
     }
 
@@ -777,8 +793,7 @@ impl Sim {
         if di == 0 && self.accounts[a].migrated_lot {
             let acct = &self.accounts[a];
             let first_month: u64 = acct.day_targets.iter().take(30).sum();
-            let quantity =
-                round_to_thousand(first_month as f64 * acct.mean_rate * 1.3).min(50_000);
+            let quantity = round_to_thousand(first_month as f64 * acct.mean_rate * 1.3).min(50_000);
             let purchased_at = plan::at(day - Duration::days(335), 600.0);
             let recorded_at = plan::at(day, 240.0);
             self.buy(a, quantity, purchased_at, recorded_at);
@@ -801,7 +816,17 @@ impl Sim {
             })
             .map(|(_, t)| *t)
             .sum::<u64>();
-        let total = month_days as f64 * acct.mean_rate * cover;
+        // What a charge cost over the last four weeks, once there are four weeks.
+        let recent = &acct.day_tokens[(di as usize).saturating_sub(28)..di as usize];
+        let (tokens, charges) = recent
+            .iter()
+            .fold((0, 0), |(t, c), &(dt, dc)| (t + dt, c + dc));
+        let rate = if di >= 28 && charges > 0 {
+            tokens as f64 / charges as f64
+        } else {
+            acct.mean_rate
+        };
+        let total = month_days as f64 * rate * cover;
         let pack = acct.pack;
         let at = plan::at(day, 300.0 + self.rng.random_range(0.0..20.0));
         self.buy_packs(a, total, pack, at);
@@ -825,7 +850,9 @@ impl Sim {
         let wanted = need as f64 * margin;
         if (available as f64) < wanted {
             let at = plan::at(day, 340.0 + self.rng.random_range(0.0..10.0));
-            self.buy_packs(a, wanted - available as f64, pack, at);
+            // Whole packs.
+            let packs = ((wanted - available as f64) / pack as f64).ceil();
+            self.buy_packs(a, packs * pack as f64, pack, at);
         }
     }
 }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use daypass_domain::Db;
 use sea_orm::sqlx::{
-    self, AssertSqlSafe, Connection, Sqlite, postgres::PgConnection, query::Query,
+    self, AssertSqlSafe, Connection, Sqlite,
+    postgres::PgConnection,
+    query::Query,
     sqlite::{SqliteArguments, SqliteConnection},
 };
 use std::fmt::Write as _;
@@ -191,12 +193,14 @@ impl Sink {
                 .await?,
                 // A hashed anti-join.
                 Sink::Postgres(_, false) => return Ok(()),
-                Sink::Postgres(conns, true) => sqlx::query_scalar(AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM {table} x WHERE x.{column} IS NOT NULL \
+                Sink::Postgres(conns, true) => {
+                    sqlx::query_scalar(AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM {table} x WHERE x.{column} IS NOT NULL \
                      AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = x.{column})"
-                )))
-                .fetch_one(&mut conns[0])
-                .await?,
+                    )))
+                    .fetch_one(&mut conns[0])
+                    .await?
+                }
             };
             if n > 0 {
                 anyhow::bail!("{n} rows of {table}.{column} point at no row of {parent}");
@@ -426,7 +430,11 @@ fn lot_text(s: &mut String, r: &LotRow) {
 }
 
 fn charge_text(s: &mut String, r: &ChargeRow) {
-    let _ = write!(s, "{}\t{}\t{}\t{}\t", r.id, r.account_id, r.user_id, r.product_id);
+    let _ = write!(
+        s,
+        "{}\t{}\t{}\t{}\t",
+        r.id, r.account_id, r.user_id, r.product_id
+    );
     opt(s, r.version.as_deref());
     let _ = write!(s, "\t{}\t{}\t", r.tokens, r.cost_minor);
     ts(s, r.window_starts_at);
