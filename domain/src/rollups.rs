@@ -153,7 +153,7 @@ pub fn day_start(day: NaiveDate) -> DateTime<Utc> {
 }
 
 /// A statement written with `?` placeholders, numbered for PostgreSQL.
-pub(crate) fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
+pub fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
     let sql = if backend == DatabaseBackend::Postgres {
         let mut out = String::with_capacity(sql.len() + 16);
         let mut n = 0;

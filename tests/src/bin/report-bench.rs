@@ -12,7 +12,7 @@ use daypass_domain::{
     reports::{Dimension, Source, UsageQuery, UsageRow, usage_rows},
     rollups,
 };
-use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Statement, Value};
+use sea_orm::{ConnectionTrait, QueryResult, Value};
 use std::time::{Duration as StdDuration, Instant};
 
 #[derive(Parser)]
@@ -58,24 +58,8 @@ fn percentile(samples: &[StdDuration], p: f64) -> f64 {
 }
 
 async fn one(db: &Db, sql: &str, values: Vec<Value>) -> Result<QueryResult> {
-    let backend = db.backend();
-    let sql = if backend == DatabaseBackend::Postgres {
-        let mut n = 0;
-        sql.chars()
-            .map(|c| {
-                if c == '?' {
-                    n += 1;
-                    format!("${n}")
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        sql.to_owned()
-    };
     db.conn()
-        .query_one_raw(Statement::from_sql_and_values(backend, sql, values))
+        .query_one_raw(rollups::stmt(db.backend(), sql, values))
         .await?
         .ok_or_else(|| anyhow!("no row"))
 }
