@@ -10,9 +10,10 @@ use crate::catalog;
 use crate::db::Db;
 use crate::error::{DomainError, Result};
 use crate::kinds::LedgerKind;
+pub use crate::rollups::TimeGrain;
 use crate::rollups::{
-    self, DayRow, Grain, Period, RowFilter, UsageSums, coarsen, day_aggregates, day_start,
-    distinct_users, rolled_rows, rolled_user_pairs,
+    self, Grain, GroupKey, GroupRow, Grouping, RowFilter, UsageSums, UserCount, UserWindow,
+    coarsen, day_aggregates, day_start, rolled_groups, window_users,
 };
 use crate::rules;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
@@ -31,35 +32,6 @@ pub enum Dimension {
     Month,
     User,
     Product,
-}
-
-/// The time dimensions, finest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TimeGrain {
-    Day,
-    Week,
-    Month,
-}
-
-impl TimeGrain {
-    /// The first day of the period holding `day` (ISO weeks start on Monday).
-    pub fn start_of(self, day: NaiveDate) -> NaiveDate {
-        self.period().map_or(day, |p| p.start_of(day))
-    }
-
-    /// The last day of the period starting at `start`.
-    pub fn end_of(self, start: NaiveDate) -> NaiveDate {
-        self.period().map_or(start, |p| p.end_of(start))
-    }
-
-    /// Weeks and months, whose distinct users the rollups keep period to date.
-    fn period(self) -> Option<Period> {
-        match self {
-            TimeGrain::Day => None,
-            TimeGrain::Week => Some(Period::Week),
-            TimeGrain::Month => Some(Period::Month),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +97,18 @@ pub async fn usage_rows(
     q: &UsageQuery,
     source: Source,
 ) -> Result<Vec<UsageRow>> {
+    usage(db, account_id, q, source, true).await
+}
+
+/// The usage report; `count_users: false` leaves `distinct_users` 0 where it would
+/// need counting beyond a day (for callers that only sum).
+async fn usage(
+    db: &Db,
+    account_id: i32,
+    q: &UsageQuery,
+    source: Source,
+    count_users: bool,
+) -> Result<Vec<UsageRow>> {
     if q.from > q.to {
         return Err(DomainError::bad_input("from must not be after to"));
     }
@@ -144,50 +128,38 @@ pub async fn usage_rows(
             _ => None,
         })
         .min();
-    let by_user = q.group_by.contains(&Dimension::User);
-    let by_product = q.group_by.contains(&Dimension::Product);
+    let grouping = Grouping {
+        time,
+        user: q.group_by.contains(&Dimension::User),
+        product: q.group_by.contains(&Dimension::Product),
+    };
+    // A filter reads the finer table that has its column.
     let grain = Grain {
-        user: by_user || q.user_id.is_some(),
-        product: by_product || q.product_id.is_some(),
+        user: grouping.user || q.user_id.is_some(),
+        product: grouping.product || q.product_id.is_some(),
     };
     let filter = RowFilter {
         user_id: q.user_id,
         product_id: q.product_id,
     };
-    // Distinct users of a longer period than a day are counted from user sets; a
-    // grain with the user dimension counts each row's one user directly.
-    let needs_user_sets = !grain.user && time != Some(TimeGrain::Day);
+    // Distinct users of a longer period than a day are counted per window; a grain
+    // with the user dimension counts each row's one user directly.
+    let needs_user_sets = count_users && !grain.user && time != Some(TimeGrain::Day);
     let period_of = |day: NaiveDate| time.map(|t| t.start_of(day));
 
-    let rolled_end = match source {
-        Source::Rollups => rollups::rolled_through(conn)
-            .await?
-            .map(|w| w.min(q.to))
-            .filter(|e| *e >= q.from),
+    let watermark = match source {
+        Source::Rollups => rollups::rolled_through(conn).await?,
         Source::Raw => None,
     };
+    let rolled_end = watermark.map(|w| w.min(q.to)).filter(|e| *e >= q.from);
     let tail_from = rolled_end.map_or(q.from, |e| e + Duration::days(1));
 
-    type Key = (Option<NaiveDate>, Option<i32>, Option<i32>);
-    let mut groups: BTreeMap<Key, (UsageSums, i64)> = BTreeMap::new();
-    let mut add = |r: DayRow| {
-        let key = (
-            period_of(r.day),
-            r.user_id.filter(|_| by_user),
-            r.product_id.filter(|_| by_product),
-        );
-        let (sums, distinct) = groups.entry(key).or_default();
-        *sums += r.sums;
-        // With a user grain or by day, each key has one row per day and user, so the
-        // row's own count is exact; longer periods are recounted below.
-        *distinct += r.distinct_users;
+    let rolled = match rolled_end {
+        Some(end) => rolled_groups(conn, account_id, grain, grouping, q.from, end, filter).await?,
+        None => Vec::new(),
     };
-    if let Some(end) = rolled_end {
-        for r in rolled_rows(conn, account_id, grain, q.from, end, filter).await? {
-            add(r);
-        }
-    }
     // The raw tail, one day at a time; user sets kept per period for distinct users.
+    let mut tail: BTreeMap<GroupKey, (UsageSums, i64)> = BTreeMap::new();
     let mut tail_users: HashMap<Option<NaiveDate>, HashSet<(i32, i32)>> = HashMap::new();
     let mut day = tail_from;
     while day <= q.to {
@@ -207,84 +179,129 @@ pub async fn usage_rows(
             );
         }
         for r in coarsen(day, &aggregates, grain) {
-            add(r);
+            let key = (
+                period_of(r.day),
+                r.user_id.filter(|_| grouping.user),
+                r.product_id.filter(|_| grouping.product),
+            );
+            let (sums, distinct) = tail.entry(key).or_default();
+            *sums += r.sums;
+            // By day, each key has one row per day, so the row's own count is exact;
+            // longer periods are counted below.
+            *distinct += r.distinct_users;
         }
         day += Duration::days(1);
     }
+    let mut groups = merge_sorted(rolled, tail);
 
     if needs_user_sets {
-        let periods: Vec<Option<NaiveDate>> = {
-            let mut p: Vec<_> = groups.keys().map(|k| k.0).collect();
-            p.dedup();
-            p
+        let want = if grouping.product || q.product_id.is_some() {
+            UserCount::PerProduct(q.product_id)
+        } else {
+            UserCount::AllProducts
         };
-        let mut counts: HashMap<Option<NaiveDate>, (HashMap<i32, i64>, i64)> = HashMap::new();
+        // Groups are in key order, so each period's groups are together.
+        let mut periods: Vec<Option<NaiveDate>> = groups.iter().map(|g| g.key.0).collect();
+        periods.dedup();
+        let mut counts: HashMap<Option<NaiveDate>, HashMap<i32, i64>> = HashMap::new();
         for period in periods {
-            let (start, end) = match (time, period) {
-                (Some(t), Some(p)) => (p.max(q.from), t.end_of(p).min(q.to)),
-                _ => (q.from, q.to),
-            };
-            let tail = tail_users.remove(&period).unwrap_or_default();
-            // A window from the first day of its week or month: the rollups keep its
-            // users period to date.
-            if let (Some(kind), Some(p)) = (time.and_then(TimeGrain::period), period)
-                && start == p
-            {
-                let mut stored = rollups::period_to_date_users(
-                    conn, account_id, kind, p, end, rolled_end, &tail,
-                )
-                .await?;
-                let all = stored.remove(&0).unwrap_or(0);
-                counts.insert(period, (stored, all));
-                continue;
-            }
-            // Any other window (a range starting mid-period, or no time dimension):
-            // the users of its rolled days, with the tail's.
-            let mut pairs = tail;
-            if let Some(r) = rolled_end.filter(|r| start <= *r) {
-                let rolled =
-                    rolled_user_pairs(conn, Some(account_id), start, end.min(r), q.product_id)
-                        .await?;
-                pairs.extend(rolled.into_values().flatten());
-            }
-            counts.insert(period, distinct_users(&pairs));
-        }
-        for ((period, _, product), (_, distinct)) in groups.iter_mut() {
-            let (per_product, all) = &counts[period];
-            *distinct = match (by_product, product) {
-                (true, Some(p)) => per_product.get(p).copied().unwrap_or(0),
-                (true, None) => 0,
-                // Pairs and stored counts per product also answer a product filter.
-                (false, _) => match q.product_id {
-                    Some(p) => per_product.get(&p).copied().unwrap_or(0),
-                    None => *all,
+            let window = match (time, period) {
+                (Some(t), Some(p)) => UserWindow {
+                    period: t.period().map(|kind| (kind, p)),
+                    start: p.max(q.from),
+                    end: t.end_of(p).min(q.to),
+                },
+                _ => UserWindow {
+                    period: None,
+                    start: q.from,
+                    end: q.to,
                 },
             };
+            let tail = tail_users.remove(&period).unwrap_or_default();
+            counts.insert(
+                period,
+                window_users(conn, account_id, window, watermark, &tail, want).await?,
+            );
+        }
+        for g in &mut groups {
+            let (period, _, product) = g.key;
+            let key = match want {
+                UserCount::PerProduct(only) => product.or(only).unwrap_or(0),
+                UserCount::AllProducts => 0,
+            };
+            g.distinct_users = counts[&period].get(&key).copied().unwrap_or(0);
         }
     }
 
-    if groups.is_empty() && time.is_none() && !by_user && !by_product {
+    if groups.is_empty() && time.is_none() && !grouping.user && !grouping.product {
         // An ungrouped report always has its one row, zero when nothing happened.
-        groups.insert((None, None, None), Default::default());
+        groups.push(GroupRow {
+            key: (None, None, None),
+            sums: UsageSums::default(),
+            distinct_users: 0,
+        });
     }
     Ok(groups
         .into_iter()
-        .map(|((period, user_id, product_id), (s, distinct))| UsageRow {
-            period,
-            user_id,
-            product_id: product_id.filter(|p| *p != 0),
-            tokens: s.tokens,
-            opens: s.opens,
-            charges: s.charges,
-            denials: s.denials,
-            distinct_users: if grain.user {
-                i64::from(s.counts_user())
-            } else {
-                distinct
+        .map(
+            |GroupRow {
+                 key: (period, user_id, product_id),
+                 sums: s,
+                 distinct_users,
+             }| UsageRow {
+                period,
+                user_id,
+                product_id: product_id.filter(|p| *p != 0),
+                tokens: s.tokens,
+                opens: s.opens,
+                charges: s.charges,
+                denials: s.denials,
+                distinct_users: if grain.user {
+                    i64::from(s.counts_user())
+                } else {
+                    distinct_users
+                },
+                cost_minor: s.cost_minor,
             },
-            cost_minor: s.cost_minor,
-        })
+        )
         .collect())
+}
+
+/// The rolled groups (in key order) and the tail's, one row per key.
+fn merge_sorted(
+    rolled: Vec<GroupRow>,
+    tail: BTreeMap<GroupKey, (UsageSums, i64)>,
+) -> Vec<GroupRow> {
+    if tail.is_empty() {
+        return rolled;
+    }
+    let mut out = Vec::with_capacity(rolled.len() + tail.len());
+    let mut tail = tail.into_iter().peekable();
+    for mut g in rolled {
+        while let Some((key, _)) = tail.peek() {
+            if *key > g.key {
+                break;
+            }
+            let (key, (sums, distinct)) = tail.next().expect("peeked");
+            if key == g.key {
+                g.sums += sums;
+                g.distinct_users += distinct;
+            } else {
+                out.push(GroupRow {
+                    key,
+                    sums,
+                    distinct_users: distinct,
+                });
+            }
+        }
+        out.push(g);
+    }
+    out.extend(tail.map(|(key, (sums, distinct))| GroupRow {
+        key,
+        sums,
+        distinct_users: distinct,
+    }));
+    out
 }
 
 /// Where the money went in a range of UTC days.
@@ -309,7 +326,8 @@ pub async fn spending(
     to: NaiveDate,
 ) -> Result<Spending> {
     actor.can_read_books(account_id)?;
-    let used = usage_rows(
+    // Sums only: spending has no distinct users to count.
+    let used = usage(
         db,
         account_id,
         &UsageQuery {
@@ -320,6 +338,7 @@ pub async fn spending(
             product_id: None,
         },
         Source::Rollups,
+        false,
     )
     .await?;
     let (start, end) = (day_start(from), day_start(to + Duration::days(1)));

@@ -12,7 +12,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseBackend, EntityTrait, QueryOrder, QueryResult, QuerySelect, Statement,
     Value,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::AddAssign;
 
 /// A day is rolled up only this long after it ended, so a write that read the clock
@@ -409,13 +409,14 @@ async fn insert_many(
     Ok(returned)
 }
 
-const MEMBER_COLUMNS: [&str; 6] = [
+const MEMBER_COLUMNS: [&str; 7] = [
     "account_id",
     "grain",
     "period",
     "product_id",
     "user_id",
     "first_day",
+    "last_day",
 ];
 
 /// A period whose distinct users are stored whole.
@@ -457,56 +458,54 @@ impl Period {
     }
 }
 
-/// (product, user) pairs with a granted open in the rolled days `from..=to`, per account.
-pub async fn rolled_user_pairs(
-    conn: &impl ConnectionTrait,
-    account_id: Option<i32>,
-    from: NaiveDate,
-    to: NaiveDate,
-    product_id: Option<i32>,
-) -> Result<HashMap<i32, HashSet<(i32, i32)>>> {
-    let mut sql = String::from(
-        "SELECT account_id, product_id, user_id FROM usage_days \
-         WHERE day >= ? AND day <= ? AND opens > 0",
-    );
-    let mut values: Vec<Value> = vec![from.into(), to.into()];
-    if let Some(a) = account_id {
-        sql.push_str(" AND account_id = ?");
-        values.push(a.into());
-    }
-    if let Some(p) = product_id {
-        sql.push_str(" AND product_id = ?");
-        values.push(p.into());
-    }
-    sql.push_str(" GROUP BY account_id, product_id, user_id");
-    let rows = conn
-        .query_all_raw(stmt(conn.get_database_backend(), &sql, values))
-        .await?;
-    let mut out: HashMap<i32, HashSet<(i32, i32)>> = HashMap::new();
-    for r in rows {
-        let account: i32 = r.try_get("", "account_id")?;
-        out.entry(account)
-            .or_default()
-            .insert((r.try_get("", "product_id")?, r.try_get("", "user_id")?));
-    }
-    Ok(out)
+/// The time dimension of a report, finest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimeGrain {
+    Day,
+    Week,
+    Month,
 }
 
-/// Distinct users per product (and, under product 0, over all products) of a set of
-/// (product, user) pairs.
-pub fn distinct_users(pairs: &HashSet<(i32, i32)>) -> (HashMap<i32, i64>, i64) {
-    let mut per_product: HashMap<i32, i64> = HashMap::new();
-    let mut users: HashSet<i32> = HashSet::new();
-    for (product, user) in pairs {
-        *per_product.entry(*product).or_default() += 1;
-        users.insert(*user);
+impl TimeGrain {
+    /// The first day of the period holding `day` (ISO weeks start on Monday).
+    pub fn start_of(self, day: NaiveDate) -> NaiveDate {
+        self.period().map_or(day, |p| p.start_of(day))
     }
-    (per_product, users.len() as i64)
+
+    /// The last day of the period starting at `start`.
+    pub fn end_of(self, start: NaiveDate) -> NaiveDate {
+        self.period().map_or(start, |p| p.end_of(start))
+    }
+
+    /// Weeks and months, whose distinct users the rollups keep.
+    pub fn period(self) -> Option<Period> {
+        match self {
+            TimeGrain::Day => None,
+            TimeGrain::Week => Some(Period::Week),
+            TimeGrain::Month => Some(Period::Month),
+        }
+    }
+
+    /// The SQL for the first day of the period holding the column `day`: the same
+    /// answer as [`TimeGrain::start_of`], computed where the rows are.
+    fn start_sql(self, backend: DatabaseBackend) -> &'static str {
+        match (self, backend == DatabaseBackend::Postgres) {
+            (TimeGrain::Day, _) => "day",
+            // A timestamp without time zone: the session's zone plays no part.
+            (TimeGrain::Week, true) => "CAST(date_trunc('week', CAST(day AS TIMESTAMP)) AS DATE)",
+            (TimeGrain::Month, true) => "CAST(date_trunc('month', CAST(day AS TIMESTAMP)) AS DATE)",
+            // Six days back, then forward to a Monday: the Monday on or before `day`.
+            (TimeGrain::Week, false) => "date(day, '-6 days', 'weekday 1')",
+            (TimeGrain::Month, false) => "date(day, 'start of month')",
+        }
+    }
 }
 
-/// Adds `day`'s users to the members of the week or month holding it and stores the
-/// period-to-date distinct counts through `day`. Rebuilds that day's part if it runs
-/// again; a finished period keeps its counts and drops its members.
+/// Adds `day`'s users to the members of the week or month holding it, with the first
+/// and last day each was seen, and stores the period's distinct users through `day`
+/// (from its start) and since each of its days (through `day`). Rolling a day again
+/// rebuilds the period's part from that day on; a finished period keeps its counts and
+/// drops its members.
 async fn roll_period_users<'a>(
     conn: &impl ConnectionTrait,
     period: Period,
@@ -516,36 +515,28 @@ async fn roll_period_users<'a>(
     let backend = conn.get_database_backend();
     let start = period.start_of(day);
     let key = || -> Vec<Value> { vec![period.grain().into(), start.into(), day.into()] };
-    // Rolling a day of a period that was finished before (its members dropped): bring
-    // back the members of its earlier days from the daily rollups first.
-    let finished = conn
+    // The period was rolled through this day or later before (a re-roll, perhaps of a
+    // finished period whose members are gone): its members are rebuilt from the daily
+    // rollups of the days before this one, and its later counts are dropped.
+    let rolled_before = conn
         .query_one_raw(stmt(
             backend,
-            "SELECT 1 AS finished FROM usage_period_users \
-             WHERE grain = ? AND period = ? AND through_day = ?",
-            vec![
-                period.grain().into(),
-                start.into(),
-                period.end_of(start).into(),
-            ],
+            "SELECT 1 AS rolled FROM usage_period_users \
+             WHERE grain = ? AND period = ? AND through_day >= ? LIMIT 1",
+            key(),
         ))
         .await?
         .is_some();
-    if finished {
+    if rolled_before {
         restore_period_members(conn, period, start, day).await?;
+        conn.execute_raw(stmt(
+            backend,
+            "DELETE FROM usage_period_users \
+             WHERE grain = ? AND period = ? AND through_day >= ?",
+            key(),
+        ))
+        .await?;
     }
-    conn.execute_raw(stmt(
-        backend,
-        "DELETE FROM usage_period_members WHERE grain = ? AND period = ? AND first_day >= ?",
-        key(),
-    ))
-    .await?;
-    conn.execute_raw(stmt(
-        backend,
-        "DELETE FROM usage_period_users WHERE grain = ? AND period = ? AND through_day >= ?",
-        key(),
-    ))
-    .await?;
     let mut counts: BTreeMap<(i32, i32), i64> = BTreeMap::new();
     if day > start {
         let rows = conn
@@ -568,7 +559,7 @@ async fn roll_period_users<'a>(
         }
     }
     // Each user under the product used and under 0 (any product).
-    let members: Vec<(i32, i32, i32)> = aggregates
+    let members: BTreeSet<(i32, i32, i32)> = aggregates
         .filter(|a| a.sums.counts_user())
         .flat_map(|a| {
             [
@@ -576,8 +567,6 @@ async fn roll_period_users<'a>(
                 (a.account_id, 0, a.user_id),
             ]
         })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect();
     let members = members
         .into_iter()
@@ -589,22 +578,28 @@ async fn roll_period_users<'a>(
                 product_id.into(),
                 user_id.into(),
                 day.into(),
+                day.into(),
             ]
         })
         .collect();
-    // Only members new to the period come back, and only they add to the counts.
-    let new_members = insert_many(
+    // Members seen before keep their first day and move their last day here; only the
+    // new ones (first seen today) add to the counts.
+    let seen = insert_many(
         conn,
         "usage_period_members",
         &MEMBER_COLUMNS,
         members,
-        "ON CONFLICT DO NOTHING RETURNING account_id, product_id",
+        "ON CONFLICT (account_id, grain, period, user_id, product_id) \
+         DO UPDATE SET last_day = excluded.last_day \
+         RETURNING account_id, product_id, first_day",
     )
     .await?;
-    for r in new_members {
-        *counts
-            .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
-            .or_default() += 1;
+    for r in seen {
+        if r.try_get::<NaiveDate>("", "first_day")? == day {
+            *counts
+                .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
+                .or_default() += 1;
+        }
     }
     let counts = counts
         .into_iter()
@@ -634,6 +629,7 @@ async fn roll_period_users<'a>(
         "",
     )
     .await?;
+    roll_users_since(conn, period, start).await?;
     if day == period.end_of(start) {
         conn.execute_raw(stmt(
             backend,
@@ -642,6 +638,75 @@ async fn roll_period_users<'a>(
         ))
         .await?;
     }
+    Ok(())
+}
+
+/// Rewrites the distinct users of `period` since each of its days from its members:
+/// the users since a day are those last seen on it or later.
+async fn roll_users_since(
+    conn: &impl ConnectionTrait,
+    period: Period,
+    start: NaiveDate,
+) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let key = || -> Vec<Value> { vec![period.grain().into(), start.into()] };
+    conn.execute_raw(stmt(
+        backend,
+        "DELETE FROM usage_period_users_since WHERE grain = ? AND period = ?",
+        key(),
+    ))
+    .await?;
+    let rows = conn
+        .query_all_raw(stmt(
+            backend,
+            "SELECT account_id, product_id, last_day, COUNT(*) AS n FROM usage_period_members \
+             WHERE grain = ? AND period = ? GROUP BY account_id, product_id, last_day",
+            key(),
+        ))
+        .await?;
+    // (account, product) → last day → members last seen that day.
+    let mut last_seen: BTreeMap<(i32, i32), BTreeMap<NaiveDate, i64>> = BTreeMap::new();
+    for r in rows {
+        last_seen
+            .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
+            .or_default()
+            .insert(r.try_get("", "last_day")?, r.try_get("", "n")?);
+    }
+    let mut since = Vec::new();
+    for ((account_id, product_id), days) in last_seen {
+        let Some(last) = days.keys().next_back().copied() else {
+            continue;
+        };
+        let mut users = 0;
+        let mut from = last;
+        while from >= start {
+            users += days.get(&from).copied().unwrap_or(0);
+            since.push(vec![
+                account_id.into(),
+                period.grain().into(),
+                start.into(),
+                from.into(),
+                product_id.into(),
+                users.into(),
+            ]);
+            from -= Duration::days(1);
+        }
+    }
+    insert_many(
+        conn,
+        "usage_period_users_since",
+        &[
+            "account_id",
+            "grain",
+            "period",
+            "from_day",
+            "product_id",
+            "distinct_users",
+        ],
+        since,
+        "",
+    )
+    .await?;
     Ok(())
 }
 
@@ -662,22 +727,24 @@ async fn restore_period_members(
     if before <= start {
         return Ok(());
     }
-    let first_days = first_days_of(conn, start, before - Duration::days(1)).await?;
-    let mut members: Vec<(i32, i32, i32, NaiveDate)> = Vec::new();
-    let mut any_product: BTreeMap<(i32, i32), NaiveDate> = BTreeMap::new();
-    for ((account_id, product_id, user_id), first) in first_days {
-        members.push((account_id, product_id, user_id, first));
-        let any = any_product.entry((account_id, user_id)).or_insert(first);
-        *any = (*any).min(first);
+    let seen = days_seen(conn, start, before - Duration::days(1)).await?;
+    let mut members: Vec<(i32, i32, i32, NaiveDate, NaiveDate)> = Vec::new();
+    let mut any_product: BTreeMap<(i32, i32), (NaiveDate, NaiveDate)> = BTreeMap::new();
+    for ((account_id, product_id, user_id), (first, last)) in seen {
+        members.push((account_id, product_id, user_id, first, last));
+        let any = any_product
+            .entry((account_id, user_id))
+            .or_insert((first, last));
+        *any = (any.0.min(first), any.1.max(last));
     }
     members.extend(
         any_product
             .into_iter()
-            .map(|((account_id, user_id), first)| (account_id, 0, user_id, first)),
+            .map(|((account_id, user_id), (first, last))| (account_id, 0, user_id, first, last)),
     );
     let members = members
         .into_iter()
-        .map(|(account_id, product_id, user_id, first_day)| {
+        .map(|(account_id, product_id, user_id, first_day, last_day)| {
             vec![
                 account_id.into(),
                 period.grain().into(),
@@ -685,6 +752,7 @@ async fn restore_period_members(
                 product_id.into(),
                 user_id.into(),
                 first_day.into(),
+                last_day.into(),
             ]
         })
         .collect();
@@ -692,17 +760,18 @@ async fn restore_period_members(
     Ok(())
 }
 
-/// The first rolled day in `from..=to` each user opened each product.
-async fn first_days_of(
+/// The first and last rolled day in `from..=to` each user opened each product.
+async fn days_seen(
     conn: &impl ConnectionTrait,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<HashMap<(i32, i32, i32), NaiveDate>> {
+) -> Result<HashMap<(i32, i32, i32), (NaiveDate, NaiveDate)>> {
     let rows = conn
         .query_all_raw(stmt(
             conn.get_database_backend(),
-            "SELECT account_id, product_id, user_id, MIN(day) AS first_day FROM usage_days \
-             WHERE day >= ? AND day <= ? AND opens > 0 GROUP BY account_id, product_id, user_id",
+            "SELECT account_id, product_id, user_id, MIN(day) AS first_day, MAX(day) AS last_day \
+             FROM usage_days WHERE day >= ? AND day <= ? AND opens > 0 \
+             GROUP BY account_id, product_id, user_id",
             vec![from.into(), to.into()],
         ))
         .await?;
@@ -714,80 +783,185 @@ async fn first_days_of(
                     r.try_get("", "product_id")?,
                     r.try_get("", "user_id")?,
                 ),
-                r.try_get("", "first_day")?,
+                (r.try_get("", "first_day")?, r.try_get("", "last_day")?),
             ))
         })
         .collect()
 }
 
-/// Distinct users of one account in `period` (starting at `start`) from its first day
-/// through `end`, per product and under 0 for any product: the stored count through
-/// the last rolled day, plus the users of the raw tail (`tail`: (product, user) pairs
-/// of the days after `rolled_end`) the period had not seen yet.
-pub async fn period_to_date_users(
+/// Distinct users per product of a set of (product, user) pairs, and under 0 the
+/// users over all products.
+pub fn distinct_users(pairs: &HashSet<(i32, i32)>) -> (HashMap<i32, i64>, i64) {
+    let mut per_product: HashMap<i32, i64> = HashMap::new();
+    let mut users: HashSet<i32> = HashSet::new();
+    for (product, user) in pairs {
+        *per_product.entry(*product).or_default() += 1;
+        users.insert(*user);
+    }
+    (per_product, users.len() as i64)
+}
+
+/// Which distinct users a report needs of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserCount {
+    /// Per product (keyed by product id), optionally of one product only.
+    PerProduct(Option<i32>),
+    /// Over all products together (keyed by 0).
+    AllProducts,
+}
+
+/// One window of a report whose distinct users are wanted.
+#[derive(Debug, Clone, Copy)]
+pub struct UserWindow {
+    /// The week or month the window lies in (kind and first day), if any.
+    pub period: Option<(Period, NaiveDate)>,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+}
+
+/// Distinct users of one account in `window`: from the rollups for days through
+/// `watermark`, plus the users of the raw tail after it (`tail`: (product, user) pairs)
+/// the rolled days had not seen.
+///
+/// A window from its period's first day reads the stored period-to-date count; one
+/// reaching its period's last rolled day reads the stored count since its first day;
+/// any other window (no period, or one inside a period) counts the daily rollups.
+pub async fn window_users(
     conn: &impl ConnectionTrait,
     account_id: i32,
-    period: Period,
-    start: NaiveDate,
-    end: NaiveDate,
-    rolled_end: Option<NaiveDate>,
+    window: UserWindow,
+    watermark: Option<NaiveDate>,
     tail: &HashSet<(i32, i32)>,
+    want: UserCount,
 ) -> Result<HashMap<i32, i64>> {
     let backend = conn.get_database_backend();
-    let through = rolled_end.filter(|r| *r >= start).map(|r| r.min(end));
-    let mut counts: HashMap<i32, i64> = HashMap::new();
-    let Some(through) = through else {
-        let (per_product, all) = distinct_users(tail);
-        counts.extend(per_product);
-        counts.insert(0, all);
-        return Ok(counts);
+    let UserWindow { period, start, end } = window;
+    let mut fresh: HashSet<(i32, i32)> = match want {
+        UserCount::PerProduct(_) => tail.clone(),
+        UserCount::AllProducts => tail.iter().map(|(_, u)| (0, *u)).collect(),
     };
-    let rows = conn
-        .query_all_raw(stmt(
-            backend,
-            "SELECT product_id, distinct_users FROM usage_period_users \
-             WHERE account_id = ? AND grain = ? AND period = ? AND through_day = ?",
-            vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                through.into(),
-            ],
-        ))
-        .await?;
-    for r in rows {
-        counts.insert(
-            r.try_get("", "product_id")?,
-            r.try_get("", "distinct_users")?,
-        );
-    }
-    if tail.is_empty() {
-        return Ok(counts);
-    }
-    let mut fresh: HashSet<(i32, i32)> = tail.iter().copied().collect();
-    fresh.extend(tail.iter().map(|(_, user)| (0, *user)));
-    let users: Vec<i32> = fresh
-        .iter()
-        .map(|(_, u)| *u)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for chunk in users.chunks(1_000) {
-        let sql = format!(
-            "SELECT product_id, user_id FROM usage_period_members \
-             WHERE account_id = ? AND grain = ? AND period = ? AND user_id IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut values: Vec<Value> = vec![account_id.into(), period.grain().into(), start.into()];
-        values.extend(chunk.iter().map(|u| Value::from(*u)));
-        for r in conn.query_all_raw(stmt(backend, &sql, values)).await? {
-            fresh.remove(&(r.try_get("", "product_id")?, r.try_get("", "user_id")?));
+    let mut counts: HashMap<i32, i64> = HashMap::new();
+    let keep = |product: i32| match want {
+        UserCount::PerProduct(only) => product != 0 && only.is_none_or(|p| p == product),
+        UserCount::AllProducts => product == 0,
+    };
+    if let Some(through) = watermark.filter(|w| *w >= start).map(|w| w.min(end)) {
+        let stored = match period {
+            Some((kind, first)) if start == first => {
+                Some(("usage_period_users", "through_day", through, kind, first))
+            }
+            Some((kind, first))
+                if watermark.map(|w| w.min(kind.end_of(first))) == Some(through) =>
+            {
+                Some(("usage_period_users_since", "from_day", start, kind, first))
+            }
+            _ => None,
+        };
+        match stored {
+            Some((table, column, at, kind, first)) => {
+                let rows = conn
+                    .query_all_raw(stmt(
+                        backend,
+                        &format!(
+                            "SELECT product_id, distinct_users FROM {table} \
+                             WHERE account_id = ? AND grain = ? AND period = ? AND {column} = ?"
+                        ),
+                        vec![
+                            account_id.into(),
+                            kind.grain().into(),
+                            first.into(),
+                            at.into(),
+                        ],
+                    ))
+                    .await?;
+                for r in rows {
+                    let product: i32 = r.try_get("", "product_id")?;
+                    if keep(product) {
+                        counts.insert(product, r.try_get("", "distinct_users")?);
+                    }
+                }
+                // Tail users the period has seen since `start` are counted already.
+                let sql = "SELECT product_id, user_id FROM usage_period_members \
+                           WHERE account_id = ? AND grain = ? AND period = ? AND last_day >= ? \
+                           AND user_id IN";
+                let values = vec![
+                    account_id.into(),
+                    kind.grain().into(),
+                    first.into(),
+                    start.into(),
+                ];
+                forget_seen(conn, sql, values, &mut fresh).await?;
+            }
+            None => {
+                let (sql, mut values) = match want {
+                    UserCount::PerProduct(_) => (
+                        "SELECT product_id, COUNT(DISTINCT user_id) AS n FROM usage_days \
+                         WHERE account_id = ? AND day >= ? AND day <= ? AND opens > 0",
+                        vec![account_id.into(), start.into(), through.into()],
+                    ),
+                    UserCount::AllProducts => (
+                        "SELECT 0 AS product_id, COUNT(DISTINCT user_id) AS n FROM usage_day_users \
+                         WHERE account_id = ? AND day >= ? AND day <= ? AND opens > 0",
+                        vec![account_id.into(), start.into(), through.into()],
+                    ),
+                };
+                let mut sql = sql.to_owned();
+                if let UserCount::PerProduct(only) = want {
+                    if let Some(p) = only {
+                        sql.push_str(" AND product_id = ?");
+                        values.push(p.into());
+                    }
+                    sql.push_str(" GROUP BY product_id");
+                }
+                for r in conn.query_all_raw(stmt(backend, &sql, values)).await? {
+                    let product: i32 = r.try_get("", "product_id")?;
+                    if keep(product) {
+                        counts.insert(product, r.try_get("", "n")?);
+                    }
+                }
+                let sql = "SELECT DISTINCT product_id, user_id FROM usage_days \
+                           WHERE account_id = ? AND day >= ? AND day <= ? AND opens > 0 \
+                           AND user_id IN";
+                let values = vec![account_id.into(), start.into(), through.into()];
+                forget_seen(conn, sql, values, &mut fresh).await?;
+            }
         }
     }
     for (product, _) in fresh {
         *counts.entry(product).or_default() += 1;
     }
     Ok(counts)
+}
+
+/// Removes from `fresh` the (product, user) pairs, and the (0, user) "any product"
+/// pairs, of the rows `sql` (ending in `user_id IN`) finds for fresh users.
+async fn forget_seen(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+    fresh: &mut HashSet<(i32, i32)>,
+) -> Result<()> {
+    let users: Vec<i32> = fresh
+        .iter()
+        .map(|(_, u)| *u)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in users.chunks(1_000) {
+        let sql = format!("{sql} ({})", vec!["?"; chunk.len()].join(", "));
+        let mut values = values.clone();
+        values.extend(chunk.iter().map(|u| Value::from(*u)));
+        for r in conn
+            .query_all_raw(stmt(conn.get_database_backend(), &sql, values))
+            .await?
+        {
+            let (product, user): (i32, i32) =
+                (r.try_get("", "product_id")?, r.try_get("", "user_id")?);
+            fresh.remove(&(product, user));
+            fresh.remove(&(0, user));
+        }
+    }
+    Ok(())
 }
 
 /// Filters on rolled rows.
@@ -797,25 +971,74 @@ pub struct RowFilter {
     pub product_id: Option<i32>,
 }
 
-/// Rolled daily rows of one account at `grain` for `from..=to`.
-pub async fn rolled_rows(
+/// What a report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grouping {
+    pub time: Option<TimeGrain>,
+    pub user: bool,
+    pub product: bool,
+}
+
+/// The key of a report row: period start, user, product (0: no catalog product).
+pub type GroupKey = (Option<NaiveDate>, Option<i32>, Option<i32>);
+
+/// One group of rolled daily rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub key: GroupKey,
+    pub sums: UsageSums,
+    /// By day at a grain without users: the day's stored distinct users. Otherwise 0
+    /// (a longer period's users are counted by [`window_users`], a user's row counts
+    /// its one user).
+    pub distinct_users: i64,
+}
+
+/// Rolled daily rows of one account at `grain` for `from..=to`, grouped and summed
+/// by the database, in key order.
+pub async fn rolled_groups(
     conn: &impl ConnectionTrait,
     account_id: i32,
     grain: Grain,
+    grouping: Grouping,
     from: NaiveDate,
     to: NaiveDate,
     filter: RowFilter,
-) -> Result<Vec<DayRow>> {
-    let mut sql = format!(
-        "SELECT day, {}{}tokens, opens, charges, denials, cost_minor{} FROM {} \
-         WHERE account_id = ? AND day >= ? AND day <= ?",
-        if grain.user { "user_id, " } else { "" },
-        if grain.product { "product_id, " } else { "" },
-        if grain.stores_distinct_users() {
-            ", distinct_users"
+) -> Result<Vec<GroupRow>> {
+    let backend = conn.get_database_backend();
+    // By day at the table's own grain every row is its own group.
+    let one_row_per_group = grouping.time == Some(TimeGrain::Day)
+        && grouping.user == grain.user
+        && grouping.product == grain.product;
+    let sum = |column: &str| {
+        if one_row_per_group {
+            column.to_owned()
         } else {
-            ""
-        },
+            format!("CAST(SUM({column}) AS BIGINT)")
+        }
+    };
+    let mut keys: Vec<&str> = Vec::new();
+    if let Some(t) = grouping.time {
+        keys.push(t.start_sql(backend));
+    }
+    if grouping.user {
+        keys.push("user_id");
+    }
+    if grouping.product {
+        keys.push("product_id");
+    }
+    let mut columns: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+    columns.extend(
+        ["tokens", "opens", "charges", "denials", "cost_minor"]
+            .into_iter()
+            .map(sum),
+    );
+    let daily_distinct = grouping.time == Some(TimeGrain::Day) && grain.stores_distinct_users();
+    if daily_distinct {
+        columns.push(sum("distinct_users"));
+    }
+    let mut sql = format!(
+        "SELECT {} FROM {} WHERE account_id = ? AND day >= ? AND day <= ?",
+        columns.join(", "),
         grain.table()
     );
     let mut values: Vec<Value> = vec![account_id.into(), from.into(), to.into()];
@@ -827,39 +1050,60 @@ pub async fn rolled_rows(
         sql.push_str(" AND product_id = ?");
         values.push(p.into());
     }
-    let rows = conn
-        .query_all_raw(stmt(conn.get_database_backend(), &sql, values))
-        .await?;
-    rows.iter()
+    if !keys.is_empty() {
+        let positions: Vec<String> = (1..=keys.len()).map(|i| i.to_string()).collect();
+        if !one_row_per_group {
+            sql.push_str(&format!(" GROUP BY {}", positions.join(", ")));
+        }
+        sql.push_str(&format!(" ORDER BY {}", positions.join(", ")));
+    }
+    let rows = conn.query_all_raw(stmt(backend, &sql, values)).await?;
+    let mut groups = rows
+        .iter()
         .map(|r| {
-            let sums = UsageSums {
-                tokens: r.try_get("", "tokens")?,
-                opens: r.try_get("", "opens")?,
-                charges: r.try_get("", "charges")?,
-                denials: r.try_get("", "denials")?,
-                cost_minor: r.try_get("", "cost_minor")?,
+            let mut i = 0;
+            let mut next = || {
+                i += 1;
+                i - 1
             };
-            Ok(DayRow {
-                day: r.try_get("", "day")?,
-                user_id: if grain.user {
-                    Some(r.try_get("", "user_id")?)
-                } else {
-                    None
-                },
-                product_id: if grain.product {
-                    Some(r.try_get("", "product_id")?)
-                } else {
-                    None
-                },
-                distinct_users: if grain.stores_distinct_users() {
-                    r.try_get("", "distinct_users")?
-                } else {
-                    i64::from(sums.counts_user())
-                },
+            let period = match grouping.time {
+                Some(_) => Some(r.try_get_by_index::<NaiveDate>(next())?),
+                None => None,
+            };
+            let user_id = match grouping.user {
+                true => Some(r.try_get_by_index::<i32>(next())?),
+                false => None,
+            };
+            let product_id = match grouping.product {
+                true => Some(r.try_get_by_index::<i32>(next())?),
+                false => None,
+            };
+            // A sum over no rows (an ungrouped report of an empty range) is NULL.
+            let mut measure =
+                || -> Result<i64> { Ok(r.try_get_by_index::<Option<i64>>(next())?.unwrap_or(0)) };
+            let sums = UsageSums {
+                tokens: measure()?,
+                opens: measure()?,
+                charges: measure()?,
+                denials: measure()?,
+                cost_minor: measure()?,
+            };
+            let distinct_users = if daily_distinct { measure()? } else { 0 };
+            Ok(GroupRow {
+                key: (period, user_id, product_id),
                 sums,
+                distinct_users,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        // An ungrouped sum over no rows says nothing happened: no group.
+        groups.retain(|g| g.sums != UsageSums::default());
+    }
+    if !groups.is_sorted_by(|a, b| a.key <= b.key) {
+        groups.sort_by_key(|g| g.key);
+    }
+    Ok(groups)
 }
 
 #[cfg(test)]

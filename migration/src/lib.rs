@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_ledger;
 mod m20261128_000002_notifications;
 mod m20261128_000003_usage_rollups;
+mod m20261129_000001_period_users_since;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_ledger::Migration),
             Box::new(m20261128_000002_notifications::Migration),
             Box::new(m20261128_000003_usage_rollups::Migration),
+            Box::new(m20261129_000001_period_users_since::Migration),
         ]
     }
 }

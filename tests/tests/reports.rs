@@ -1886,3 +1886,45 @@ async fn bad_ranges_are_refused() {
         .unwrap();
     assert!(one.is_empty(), "{one:?}");
 }
+
+/// Upgrading a database rolled by the first rollup schema: the new migration empties
+/// the derived tables and rewinds the watermark, so the job rebuilds everything with
+/// the since-counts and no stale row survives to answer a report.
+#[tokio::test]
+async fn upgrading_the_rollup_schema_rebuilds_the_rollups() {
+    use daypass_migration::{Migrator, MigratorTrait};
+    let (url, _dir) = TestDb::fresh_url().await;
+    let db = &Db::connect(&url).await.unwrap();
+    // The schema as `m20261128_000003_usage_rollups` left it, with rollups in it.
+    Migrator::up(db.conn(), Some(3)).await.unwrap();
+    for sql in [
+        "INSERT INTO rollup_watermark (id, rolled_through) VALUES (1, '2026-03-05')",
+        "INSERT INTO usage_day_totals (account_id, day, tokens, opens, charges, denials, \
+         cost_minor, distinct_users) VALUES (1, '2026-03-03', 999, 999, 999, 0, 999, 9)",
+        "INSERT INTO usage_period_members (account_id, grain, period, product_id, user_id, \
+         first_day) VALUES (1, 'WEEK', '2026-03-02', 0, 1, '2026-03-03')",
+    ] {
+        db.conn().execute_unprepared(sql).await.unwrap();
+    }
+    db.migrate().await.unwrap();
+    assert_eq!(watermark(db).await, None, "the watermark is rewound");
+    assert_eq!(
+        dump_rollups(db).await,
+        vec!["rollup_watermark: id=1 rolled_through=NULL".to_owned()],
+        "no rollup row survives the upgrade"
+    );
+
+    // The job then rebuilds from the raw opens; reports are the same either way.
+    let setup = t("2026-03-01T00:00:00Z");
+    let acct = account(db, "Upgraded", setup).await;
+    make_product(db, "x", 2, None).await;
+    let (_, u) = user(db, &acct, "u@up.test", Role::Member, true, setup).await;
+    buy(db, acct.account_id, 100, "k", setup, setup).await;
+    granted(db, &u, t("2026-03-03T10:00:00Z"), "x").await;
+    granted(db, &u, t("2026-03-05T10:00:00Z"), "x").await;
+    let month = q(d("2026-03-04"), d("2026-03-31"), &[Month], None, None);
+    let before = both(db, acct.account_id, &month).await;
+    assert_eq!(roll(db, t("2026-03-06T01:00:00Z")).await, 3);
+    assert_eq!(both(db, acct.account_id, &month).await, before);
+    assert_eq!(shape(&before), vec![(Some(d("2026-03-01")), None, 1, 1, 0)]);
+}
