@@ -5,13 +5,14 @@
 //! the reports' raw tail, so a report is the same before and after the job runs.
 
 use crate::db::Db;
-use crate::error::Result;
+use crate::error::{DomainError, Result};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use daypass_entity::open;
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, EntityTrait, QueryOrder, QueryResult, QuerySelect, Statement,
     Value,
 };
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::AddAssign;
 
@@ -84,6 +85,12 @@ impl Grain {
     fn stores_distinct_users(self) -> bool {
         !self.user
     }
+
+    /// Per user, all products together.
+    const USER: Grain = Grain {
+        user: true,
+        product: false,
+    };
 
     const ALL: [Grain; 4] = [
         Grain {
@@ -318,6 +325,12 @@ async fn roll_day(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
     for a in aggregates {
         by_account.entry(a.account_id).or_default().push(a);
     }
+    conn.execute_raw(stmt(
+        backend,
+        "DELETE FROM usage_day_user_blocks WHERE day = ?",
+        vec![day.into()],
+    ))
+    .await?;
     for grain in Grain::ALL {
         let mut rows = Vec::new();
         for (account_id, aggregates) in &by_account {
@@ -328,6 +341,9 @@ async fn roll_day(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
             );
         }
         insert_rows(conn, grain, &rows).await?;
+        if grain == Grain::USER {
+            insert_user_blocks(conn, day, &rows).await?;
+        }
     }
     // Distinct users of a week or month cannot be summed from days: keep who used
     // what so far, and the period-to-date counts through this day.
@@ -335,6 +351,111 @@ async fn roll_day(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
         roll_period_users(conn, period, day, by_account.values().flatten()).await?;
     }
     Ok(())
+}
+
+/// One user's usage of one day, as packed in `usage_day_user_blocks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct UserDay {
+    user_id: i32,
+    tokens: i64,
+    opens: i64,
+    charges: i64,
+    denials: i64,
+    cost_minor: i64,
+}
+
+/// Packs each account's rows of `usage_day_users` for `day` (in user order) into one
+/// value: a report by user then reads a value per day, not a row per user and day.
+async fn insert_user_blocks(
+    conn: &impl ConnectionTrait,
+    day: NaiveDate,
+    rows: &[(i32, DayRow)],
+) -> Result<()> {
+    let mut blocks: BTreeMap<i32, Vec<UserDay>> = BTreeMap::new();
+    for (account_id, r) in rows {
+        let Some(user_id) = r.user_id else { continue };
+        blocks.entry(*account_id).or_default().push(UserDay {
+            user_id,
+            tokens: r.sums.tokens,
+            opens: r.sums.opens,
+            charges: r.sums.charges,
+            denials: r.sums.denials,
+            cost_minor: r.sums.cost_minor,
+        });
+    }
+    let values = blocks
+        .into_iter()
+        .map(|(account_id, users)| {
+            let packed = postcard::to_allocvec(&users)
+                .map_err(|e| DomainError::Internal(format!("packing usage of {day}: {e}")))?;
+            Ok(vec![account_id.into(), day.into(), packed.into()])
+        })
+        .collect::<Result<Vec<Vec<Value>>>>()?;
+    // A few hundred kilobytes each: a few per statement.
+    for chunk in values.chunks(16) {
+        insert_many(
+            conn,
+            "usage_day_user_blocks",
+            &["account_id", "day", "users"],
+            chunk.to_vec(),
+            "",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The per-user rows of one account for `from..=to` from the packed daily blocks,
+/// summed per `time` period, in key order.
+async fn user_block_groups(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    time: Option<TimeGrain>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<GroupRow>> {
+    let rows = conn
+        .query_all_raw(stmt(
+            conn.get_database_backend(),
+            "SELECT day, users FROM usage_day_user_blocks \
+             WHERE account_id = ? AND day >= ? AND day <= ?",
+            vec![account_id.into(), from.into(), to.into()],
+        ))
+        .await?;
+    let mut groups: Vec<GroupRow> = Vec::new();
+    // By day every (day, user) is its own group; longer periods sum theirs.
+    let mut index: HashMap<GroupKey, usize> = HashMap::new();
+    for r in rows {
+        let day: NaiveDate = r.try_get_by_index(0)?;
+        let packed: Vec<u8> = r.try_get_by_index(1)?;
+        let users: Vec<UserDay> = postcard::from_bytes(&packed)
+            .map_err(|e| DomainError::Internal(format!("usage block of {day}: {e}")))?;
+        let period = time.map(|t| t.start_of(day));
+        for u in users {
+            let key = (period, Some(u.user_id), None);
+            let sums = UsageSums {
+                tokens: u.tokens,
+                opens: u.opens,
+                charges: u.charges,
+                denials: u.denials,
+                cost_minor: u.cost_minor,
+            };
+            if time != Some(TimeGrain::Day) {
+                if let Some(&i) = index.get(&key) {
+                    groups[i].sums += sums;
+                    continue;
+                }
+                index.insert(key, groups.len());
+            }
+            groups.push(GroupRow {
+                key,
+                sums,
+                distinct_users: 0,
+            });
+        }
+    }
+    groups.sort_unstable_by_key(|g| g.key);
+    Ok(groups)
 }
 
 async fn insert_rows(
@@ -994,7 +1115,7 @@ pub struct GroupRow {
 }
 
 /// Rolled daily rows of one account at `grain` for `from..=to`, grouped and summed
-/// by the database, in key order.
+/// by the database, in key order (each key once).
 pub async fn rolled_groups(
     conn: &impl ConnectionTrait,
     account_id: i32,
@@ -1005,6 +1126,9 @@ pub async fn rolled_groups(
     filter: RowFilter,
 ) -> Result<Vec<GroupRow>> {
     let backend = conn.get_database_backend();
+    if grain == Grain::USER && grouping.user && filter.user_id.is_none() {
+        return user_block_groups(conn, account_id, grouping.time, from, to).await;
+    }
     // By day at the table's own grain every row is its own group.
     let one_row_per_group = grouping.time == Some(TimeGrain::Day)
         && grouping.user == grain.user
@@ -1050,13 +1174,12 @@ pub async fn rolled_groups(
         sql.push_str(" AND product_id = ?");
         values.push(p.into());
     }
-    if !keys.is_empty() {
+    if !keys.is_empty() && !one_row_per_group {
         let positions: Vec<String> = (1..=keys.len()).map(|i| i.to_string()).collect();
-        if !one_row_per_group {
-            sql.push_str(&format!(" GROUP BY {}", positions.join(", ")));
-        }
-        sql.push_str(&format!(" ORDER BY {}", positions.join(", ")));
+        sql.push_str(&format!(" GROUP BY {}", positions.join(", ")));
     }
+    // No ORDER BY: sorting many rows in the database can spill to disk, and the
+    // keys sort faster here.
     let rows = conn.query_all_raw(stmt(backend, &sql, values)).await?;
     let mut groups = rows
         .iter()
@@ -1100,9 +1223,7 @@ pub async fn rolled_groups(
         // An ungrouped sum over no rows says nothing happened: no group.
         groups.retain(|g| g.sums != UsageSums::default());
     }
-    if !groups.is_sorted_by(|a, b| a.key <= b.key) {
-        groups.sort_by_key(|g| g.key);
-    }
+    groups.sort_unstable_by_key(|g| g.key);
     Ok(groups)
 }
 

@@ -6,6 +6,7 @@ mod m20261128_000001_ledger;
 mod m20261128_000002_notifications;
 mod m20261128_000003_usage_rollups;
 mod m20261129_000001_period_users_since;
+mod m20261129_000002_user_day_blocks;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_notifications::Migration),
             Box::new(m20261128_000003_usage_rollups::Migration),
             Box::new(m20261129_000001_period_users_since::Migration),
+            Box::new(m20261129_000002_user_day_blocks::Migration),
         ]
     }
 }

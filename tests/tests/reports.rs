@@ -203,7 +203,14 @@ async fn dump_rollups(db: &Db) -> Vec<String> {
         let select: Vec<String> = cols
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("CAST({c} AS TEXT) AS c{i}"))
+            // Every column as text (SQLite's `quote` also shows a blob, as hex).
+            .map(|(i, c)| {
+                if db.is_postgres() {
+                    format!("CAST({c} AS TEXT) AS c{i}")
+                } else {
+                    format!("quote({c}) AS c{i}")
+                }
+            })
             .collect();
         let found = conn
             .query_all_raw(Statement::from_string(
