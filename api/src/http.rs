@@ -92,7 +92,7 @@ pub(crate) async fn caller(
     let Some(key) = header_key(headers)? else {
         return Ok(None);
     };
-    auth::authenticate(&state.db, &state.operator_key, key)
+    auth::authenticate_cached(&state.db, &state.operator_key, key)
         .await
         .map(Some)
 }

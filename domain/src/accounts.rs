@@ -203,20 +203,44 @@ pub async fn plan_level_at(
     account_id: i32,
     now: DateTime<Utc>,
 ) -> Result<PlanLevel> {
-    let plans: Vec<String> = subscription::Entity::find()
+    Ok(plans_of(conn, account_id, now).await?.at(now))
+}
+
+/// An account's subscriptions still running at or after some instant.
+pub struct Plans(Vec<(PlanLevel, DateTime<Utc>, DateTime<Utc>)>);
+
+impl Plans {
+    /// Rule 13 at `now` (not before the instant the plans were read for).
+    pub fn at(&self, now: DateTime<Utc>) -> PlanLevel {
+        rules::plan_level_of(
+            self.0
+                .iter()
+                .filter(|(_, starts_at, ends_at)| *starts_at <= now && now < *ends_at)
+                .map(|(plan, _, _)| *plan),
+        )
+    }
+}
+
+/// The account's subscriptions that have not ended at `from`.
+pub async fn plans_of(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    from: DateTime<Utc>,
+) -> Result<Plans> {
+    let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = subscription::Entity::find()
         .select_only()
         .column(subscription::Column::PlanLevel)
+        .column(subscription::Column::StartsAt)
+        .column(subscription::Column::EndsAt)
         .filter(subscription::Column::AccountId.eq(account_id))
-        .filter(subscription::Column::StartsAt.lte(now))
-        .filter(subscription::Column::EndsAt.gt(now))
+        .filter(subscription::Column::EndsAt.gt(from))
         .into_tuple()
         .all(conn)
         .await?;
-    let plans = plans
-        .iter()
-        .map(|p| parse::<PlanLevel>(p))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(rules::plan_level_of(plans))
+    rows.into_iter()
+        .map(|(plan, starts_at, ends_at)| Ok((parse::<PlanLevel>(&plan)?, starts_at, ends_at)))
+        .collect::<Result<Vec<_>>>()
+        .map(Plans)
 }
 
 pub async fn plan_level(

@@ -9,6 +9,9 @@ use daypass_entity::user;
 use rand::RngCore;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const KEY_PREFIX: &str = "dp_";
 
@@ -71,6 +74,60 @@ pub async fn authenticate(db: &Db, operator: &OperatorKey, key: &str) -> Result<
         })),
         None => Err(DomainError::Unauthenticated),
     }
+}
+
+/// How long a key's user is remembered. A deactivated user loses access within this
+/// time in every process (at once in the process that deactivated them).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// The most keys remembered; past it the cache starts over.
+const KEY_CACHE_SIZE: usize = 100_000;
+
+/// Users of recently seen keys, so a request does not cost a database round trip to
+/// say who sent it. Unknown keys are never remembered: a new key works at once.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    users: Mutex<HashMap<String, (Instant, UserActor)>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<UserActor> {
+        let users = self.users.lock().expect("key cache");
+        users
+            .get(hash)
+            .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(_, user)| user.clone())
+    }
+
+    fn put(&self, hash: String, user: UserActor) {
+        let mut users = self.users.lock().expect("key cache");
+        if users.len() >= KEY_CACHE_SIZE {
+            users.clear();
+        }
+        users.insert(hash, (Instant::now(), user));
+    }
+
+    /// Forgets every key, after a change to who may do what.
+    pub fn clear(&self) {
+        self.users.lock().expect("key cache").clear();
+    }
+}
+
+/// [`authenticate`], answered from the process's [`KeyCache`] when it saw the key in
+/// the last [`KEY_CACHE_TTL`].
+pub async fn authenticate_cached(db: &Db, operator: &OperatorKey, key: &str) -> Result<Actor> {
+    let hash = hash_api_key(key.trim());
+    if operator.hash.as_deref() == Some(hash.as_str()) {
+        return Ok(Actor::Operator);
+    }
+    if let Some(user) = db.key_cache().get(&hash) {
+        return Ok(Actor::User(user));
+    }
+    let actor = authenticate(db, operator, key).await?;
+    if let Actor::User(user) = &actor {
+        db.key_cache().put(hash, user.clone());
+    }
+    Ok(actor)
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! assignment, restrictions, 24-hour windows and charges.
 
 use crate::access::Actor;
-use crate::accounts::{balance_at, find_account, plan_level_at};
+use crate::accounts::{balance_at, find_account, plan_level_at, plans_of};
 use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
 use crate::events::announce_balance_change;
+use crate::group::{BatchFuture, GroupCommit};
 use crate::kinds::{AccessSource, DenyReason, LedgerKind, LotStatus, PlanLevel, Role};
 use crate::notifications;
 use crate::rules::{self, SpendableLot};
@@ -17,6 +18,8 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
     sea_query::{Expr, ExprTrait},
 };
+use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct OpenRequest {
@@ -95,14 +98,22 @@ pub async fn open_product(
 
     let decision = decide(db, &user, product.as_ref(), now).await?;
     let record = OpenRecord {
-        user: &user,
-        product: product.as_ref(),
-        code: &code,
-        version: version.as_deref(),
+        account_id: user.account_id,
+        user_id: user.id,
+        product_id: product.as_ref().map(|p| p.id),
+        code,
+        version,
         now,
     };
-    let outcome = match (decision, product.as_ref()) {
-        (Decision::Charge, Some(product)) => return charge_and_open(db, record, product).await,
+    let outcome = match (decision, product) {
+        (Decision::Charge, Some(product)) => {
+            let request = ChargeRequest { record, product };
+            return db
+                .batches()
+                .charges
+                .submit(db, user.account_id, request)
+                .await;
+        }
         (Decision::Charge, None) => {
             return Err(DomainError::Internal("a charge needs a product".into()));
         }
@@ -110,8 +121,54 @@ pub async fn open_product(
         (Decision::Subscription, _) => Outcome::Subscription,
         (Decision::InsideWindow(ends_at), _) => Outcome::Reopen(ends_at),
     };
-    record.write_alone(db, outcome).await?;
-    answer(db.conn(), &user, now, outcome).await
+    // No lock and no transaction of its own: the record joins the next batch insert.
+    db.batches()
+        .records
+        .submit(db, 0, (record, outcome))
+        .await?;
+    answer(db.conn(), user.account_id, now, outcome).await
+}
+
+/// The opens and charges that wait for the next batch, per kind.
+pub struct Batches {
+    /// Charging opens, per account: one transaction under the account's lock each.
+    charges: Arc<GroupCommit<ChargeRequest, OpenOutcome>>,
+    /// Records of opens that move no tokens (reopens, subscriptions, denials).
+    records: Arc<GroupCommit<(OpenRecord, Outcome), ()>>,
+}
+
+/// The most opens one transaction takes.
+const MAX_BATCH: usize = 128;
+
+impl Batches {
+    pub(crate) fn new() -> Batches {
+        Batches {
+            charges: GroupCommit::new(run_charges, MAX_BATCH),
+            records: GroupCommit::new(run_records, MAX_BATCH),
+        }
+    }
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Batches")
+    }
+}
+
+fn run_records(db: Db, _key: i32, items: Vec<(OpenRecord, Outcome)>) -> BatchFuture<()> {
+    Box::pin(async move {
+        let n = items.len();
+        let tx = db.begin_write().await?;
+        open::Entity::insert_many(items.iter().map(|(r, o)| r.model(*o)))
+            .exec_without_returning(&*tx)
+            .await?;
+        tx.commit().await?;
+        Ok((0..n).map(|_| Ok(())).collect())
+    })
+}
+
+fn run_charges(db: Db, account_id: i32, items: Vec<ChargeRequest>) -> BatchFuture<OpenOutcome> {
+    Box::pin(async move { charge_batch(&db, account_id, items).await })
 }
 
 /// Rules 7–10 in the order, without writing anything.
@@ -178,31 +235,36 @@ async fn current_window(
         .filter(|&ends_at| rules::window_covers(ends_at, now)))
 }
 
-/// Rules 3, 6, 10–12: under the account's lock, re-check the window, then draw the
-/// daily rate from the lots in burn order or deny for lack of tokens.
-async fn charge_and_open(
+/// A charging open waiting for its account's next batch.
+struct ChargeRequest {
+    record: OpenRecord,
+    product: product::Model,
+}
+
+/// Rules 3, 6, 10–12 for the charging opens of one account that arrived together:
+/// one transaction under the account's lock, then each open in arrival order exactly
+/// as if alone — re-check its window (a concurrent open, in this batch or another
+/// process, may have charged), draw the daily rate from the lots in burn order or
+/// deny for lack of tokens. Each open gets its own charge, record and answer.
+async fn charge_batch(
     db: &Db,
-    record: OpenRecord<'_>,
-    product: &product::Model,
-) -> Result<OpenOutcome> {
-    let (user, now) = (record.user, record.now);
+    account_id: i32,
+    items: Vec<ChargeRequest>,
+) -> Result<Vec<Result<OpenOutcome>>> {
+    let Some(earliest) = items.iter().map(|i| i.record.now).min() else {
+        return Ok(Vec::new());
+    };
     let tx = db.begin_write().await?;
-    db.lock_account(&tx, user.account_id).await?;
-
-    // A concurrent open of the same product may have charged while we waited.
-    if let Some(ends_at) = current_window(&*tx, user.id, product.id, now).await? {
-        record.write(&*tx, Outcome::Reopen(ends_at)).await?;
-        tx.commit().await?;
-        return answer(db.conn(), user, now, Outcome::Reopen(ends_at)).await;
-    }
-
+    db.lock_account(&tx, account_id).await?;
+    let account = find_account(&*tx, account_id).await?;
     let lots: Vec<lot::Model> = lot::Entity::find()
-        .filter(lot::Column::AccountId.eq(user.account_id))
+        .filter(lot::Column::AccountId.eq(account_id))
         .filter(lot::Column::Remaining.gt(0))
-        .filter(lot::Column::ExpiresAt.gt(now))
+        .filter(lot::Column::ExpiresAt.gt(earliest))
         .all(&*tx)
         .await?;
-    let spendable: Vec<SpendableLot> = lots
+    // The lots as this batch leaves them, updated after each charge.
+    let mut spendable: Vec<SpendableLot> = lots
         .iter()
         .map(|l| SpendableLot {
             id: l.id,
@@ -212,97 +274,131 @@ async fn charge_and_open(
             unit_price_minor: l.unit_price_minor,
         })
         .collect();
-    let account = find_account(&*tx, user.account_id).await?;
-    let balance_before: i64 = spendable.iter().map(|l| l.remaining).sum();
-    let Some(draws) = rules::allocate_from_lots(&spendable, product.daily_rate, now) else {
-        let denied = Outcome::Denied(DenyReason::InsufficientTokens);
-        record.write(&*tx, denied).await?;
-        let exhausted = notifications::on_exhausted(&*tx, &account, balance_before, now).await?;
-        tx.commit().await?;
-        let mut outcome = answer(db.conn(), user, now, denied).await?;
-        outcome.notifications.extend(exhausted);
-        return Ok(outcome);
+    let live_balance = |lots: &[SpendableLot], now| -> i64 {
+        lots.iter()
+            .filter(|l| rules::lot_is_live(l.expires_at, now))
+            .map(|l| l.remaining)
+            .sum()
     };
-
-    let window_ends_at = now + rules::WINDOW;
-    let charge = charge::ActiveModel {
-        account_id: Set(user.account_id),
-        user_id: Set(user.id),
-        product_id: Set(product.id),
-        version: Set(record.version.map(str::to_owned)),
-        tokens: Set(product.daily_rate),
-        cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum()),
-        window_starts_at: Set(now),
-        window_ends_at: Set(window_ends_at),
-        ..Default::default()
-    }
-    .insert(&*tx)
-    .await?;
-    for draw in &draws {
-        let before = spendable
-            .iter()
-            .find(|l| l.id == draw.lot_id)
-            .map_or(0, |l| l.remaining);
-        let status = if before == draw.tokens {
-            LotStatus::Depleted
-        } else {
-            LotStatus::Active
+    let plans = plans_of(&*tx, account_id, earliest).await?;
+    // Windows this batch opened, which the database shows only to this transaction.
+    let mut opened: HashMap<(i32, i32), DateTime<Utc>> = HashMap::new();
+    let mut answers = Vec::with_capacity(items.len());
+    let mut charged_any = false;
+    for ChargeRequest { record, product } in &items {
+        let (user_id, now) = (record.user_id, record.now);
+        let key = (user_id, product.id);
+        let window = match opened
+            .get(&key)
+            .copied()
+            .filter(|&ends_at| rules::window_covers(ends_at, now))
+        {
+            Some(ends_at) => Some(ends_at),
+            None => current_window(&*tx, user_id, product.id, now).await?,
         };
-        let updated = lot::Entity::update_many()
-            .col_expr(
-                lot::Column::Remaining,
-                Expr::col(lot::Column::Remaining).sub(draw.tokens),
-            )
-            .col_expr(
-                lot::Column::Used,
-                Expr::col(lot::Column::Used).add(draw.tokens),
-            )
-            .col_expr(lot::Column::Status, Expr::value(status.as_str()))
-            .filter(lot::Column::Id.eq(draw.lot_id))
-            .filter(lot::Column::Remaining.eq(before))
-            .exec(&*tx)
+        let balance_before = live_balance(&spendable, now);
+        let mut notifications = Vec::new();
+        let outcome = if let Some(ends_at) = window {
+            Outcome::Reopen(ends_at)
+        } else if let Some(draws) = rules::allocate_from_lots(&spendable, product.daily_rate, now) {
+            let window_ends_at = now + rules::WINDOW;
+            let charge = charge::ActiveModel {
+                account_id: Set(account_id),
+                user_id: Set(user_id),
+                product_id: Set(product.id),
+                version: Set(record.version.clone()),
+                tokens: Set(product.daily_rate),
+                cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum()),
+                window_starts_at: Set(now),
+                window_ends_at: Set(window_ends_at),
+                ..Default::default()
+            }
+            .insert(&*tx)
             .await?;
-        if updated.rows_affected != 1 {
-            // Only possible if something changed the lot outside the account's lock.
-            return Err(DomainError::Internal(format!(
-                "lot {} changed during a charge",
-                draw.lot_id
-            )));
-        }
-        ledger_entry::ActiveModel {
-            account_id: Set(user.account_id),
-            kind: Set(LedgerKind::Charge.as_str().to_owned()),
-            tokens: Set(-draw.tokens),
-            lot_id: Set(draw.lot_id),
-            charge_id: Set(Some(charge.id)),
-            at: Set(now),
-            ..Default::default()
-        }
-        .insert(&*tx)
-        .await?;
+            for draw in &draws {
+                let lot = spendable
+                    .iter_mut()
+                    .find(|l| l.id == draw.lot_id)
+                    .ok_or_else(|| DomainError::Internal("a draw from an unknown lot".into()))?;
+                draw_from_lot(&tx, lot, draw.tokens).await?;
+                ledger_entry::ActiveModel {
+                    account_id: Set(account_id),
+                    kind: Set(LedgerKind::Charge.as_str().to_owned()),
+                    tokens: Set(-draw.tokens),
+                    lot_id: Set(draw.lot_id),
+                    charge_id: Set(Some(charge.id)),
+                    at: Set(now),
+                    ..Default::default()
+                }
+                .insert(&*tx)
+                .await?;
+            }
+            move_window(&tx, user_id, product.id, charge.id, now, window_ends_at).await?;
+            opened.insert(key, window_ends_at);
+            charged_any = true;
+            let balance_after = balance_before - product.daily_rate;
+            notifications.extend(
+                notifications::on_charge(
+                    &*tx,
+                    &account,
+                    balance_before,
+                    balance_after,
+                    charge.id,
+                    now,
+                )
+                .await?,
+            );
+            Outcome::Charged {
+                charge_id: charge.id,
+                tokens: product.daily_rate,
+                window_ends_at,
+            }
+        } else {
+            notifications
+                .extend(notifications::on_exhausted(&*tx, &account, balance_before, now).await?);
+            Outcome::Denied(DenyReason::InsufficientTokens)
+        };
+        record.write(&*tx, outcome).await?;
+        let mut answer = OpenOutcome::of(outcome, live_balance(&spendable, now), plans.at(now));
+        answer.notifications = notifications;
+        answers.push(Ok(answer));
     }
-    move_window(&tx, user.id, product.id, charge.id, now, window_ends_at).await?;
-    let charged = Outcome::Charged {
-        charge_id: charge.id,
-        tokens: product.daily_rate,
-        window_ends_at,
-    };
-    record.write(&*tx, charged).await?;
-    let balance_after = balance_before - product.daily_rate;
-    let low = notifications::on_charge(
-        &*tx,
-        &account,
-        balance_before,
-        balance_after,
-        charge.id,
-        now,
-    )
-    .await?;
-    announce_balance_change(&*tx, user.account_id).await?;
+    if charged_any {
+        announce_balance_change(&*tx, account_id).await?;
+    }
     tx.commit().await?;
-    let mut outcome = answer(db.conn(), user, now, charged).await?;
-    outcome.notifications.extend(low);
-    Ok(outcome)
+    Ok(answers)
+}
+
+/// Takes `tokens` from `lot` (as this transaction last left it), in the database
+/// and in memory. The update is conditional on the remaining tokens it started from.
+async fn draw_from_lot(tx: &WriteTx, lot: &mut SpendableLot, tokens: i64) -> Result<()> {
+    let before = lot.remaining;
+    let status = if before == tokens {
+        LotStatus::Depleted
+    } else {
+        LotStatus::Active
+    };
+    let updated = lot::Entity::update_many()
+        .col_expr(
+            lot::Column::Remaining,
+            Expr::col(lot::Column::Remaining).sub(tokens),
+        )
+        .col_expr(lot::Column::Used, Expr::col(lot::Column::Used).add(tokens))
+        .col_expr(lot::Column::Status, Expr::value(status.as_str()))
+        .filter(lot::Column::Id.eq(lot.id))
+        .filter(lot::Column::Remaining.eq(before))
+        .exec(&**tx)
+        .await?;
+    if updated.rows_affected != 1 {
+        // Only possible if something changed the lot outside the account's lock.
+        return Err(DomainError::Internal(format!(
+            "lot {} changed during a charge",
+            lot.id
+        )));
+    }
+    lot.remaining -= tokens;
+    Ok(())
 }
 
 /// Points the user's window for the product at the new charge. The update only
@@ -339,35 +435,45 @@ async fn move_window(
     Ok(())
 }
 
-/// The answer to the caller, for what the open came to, with the balance and plan
-/// level after it.
+/// The answer to the caller of an open that moved no tokens, with the balance and
+/// plan level at its time.
 async fn answer(
     conn: &impl ConnectionTrait,
-    user: &user::Model,
+    account_id: i32,
     now: DateTime<Utc>,
     outcome: Outcome,
 ) -> Result<OpenOutcome> {
-    let (granted, source, deny_reason) = outcome.access();
-    let (tokens_charged, window_ends_at, charge_id) = match outcome {
-        Outcome::Charged {
-            charge_id,
-            tokens,
+    Ok(OpenOutcome::of(
+        outcome,
+        balance_at(conn, account_id, now).await?,
+        plan_level_at(conn, account_id, now).await?,
+    ))
+}
+
+impl OpenOutcome {
+    fn of(outcome: Outcome, balance: i64, plan_level: PlanLevel) -> OpenOutcome {
+        let (granted, source, deny_reason) = outcome.access();
+        let (tokens_charged, window_ends_at, charge_id) = match outcome {
+            Outcome::Charged {
+                charge_id,
+                tokens,
+                window_ends_at,
+            } => (tokens, Some(window_ends_at), Some(charge_id)),
+            Outcome::Reopen(ends_at) => (0, Some(ends_at), None),
+            Outcome::Denied(_) | Outcome::Subscription => (0, None, None),
+        };
+        OpenOutcome {
+            granted,
+            source,
+            tokens_charged,
             window_ends_at,
-        } => (tokens, Some(window_ends_at), Some(charge_id)),
-        Outcome::Reopen(ends_at) => (0, Some(ends_at), None),
-        Outcome::Denied(_) | Outcome::Subscription => (0, None, None),
-    };
-    Ok(OpenOutcome {
-        granted,
-        source,
-        tokens_charged,
-        window_ends_at,
-        deny_reason,
-        balance: balance_at(conn, user.account_id, now).await?,
-        plan_level: plan_level_at(conn, user.account_id, now).await?,
-        charge_id,
-        notifications: Vec::new(),
-    })
+            deny_reason,
+            balance,
+            plan_level,
+            charge_id,
+            notifications: Vec::new(),
+        }
+    }
 }
 
 /// What an open came to: both the record kept for reports and the caller's answer
@@ -396,16 +502,18 @@ impl Outcome {
 }
 
 /// Every open, granted or denied, is kept for reports (rule 11).
-struct OpenRecord<'a> {
-    user: &'a user::Model,
-    product: Option<&'a product::Model>,
-    code: &'a str,
-    version: Option<&'a str>,
+struct OpenRecord {
+    account_id: i32,
+    user_id: i32,
+    /// `None`: the code named no catalog product.
+    product_id: Option<i32>,
+    code: String,
+    version: Option<String>,
     now: DateTime<Utc>,
 }
 
-impl OpenRecord<'_> {
-    async fn write(&self, conn: &impl ConnectionTrait, outcome: Outcome) -> Result<()> {
+impl OpenRecord {
+    fn model(&self, outcome: Outcome) -> open::ActiveModel {
         let (granted, source, deny_reason) = outcome.access();
         let (charge_id, tokens) = match outcome {
             Outcome::Charged {
@@ -414,11 +522,11 @@ impl OpenRecord<'_> {
             _ => (None, 0),
         };
         open::ActiveModel {
-            account_id: Set(self.user.account_id),
-            user_id: Set(self.user.id),
-            product_id: Set(self.product.map(|p| p.id)),
-            product_code: Set(self.code.to_owned()),
-            version: Set(self.version.map(str::to_owned)),
+            account_id: Set(self.account_id),
+            user_id: Set(self.user_id),
+            product_id: Set(self.product_id),
+            product_code: Set(self.code.clone()),
+            version: Set(self.version.clone()),
             at: Set(self.now),
             granted: Set(granted),
             source: Set(source.map(|s| s.as_str().to_owned())),
@@ -427,14 +535,12 @@ impl OpenRecord<'_> {
             tokens: Set(tokens),
             ..Default::default()
         }
-        .insert(conn)
-        .await?;
-        Ok(())
     }
 
-    async fn write_alone(&self, db: &Db, outcome: Outcome) -> Result<()> {
-        let tx = db.begin_write().await?;
-        self.write(&*tx, outcome).await?;
-        tx.commit().await
+    async fn write(&self, conn: &impl ConnectionTrait, outcome: Outcome) -> Result<()> {
+        open::Entity::insert(self.model(outcome))
+            .exec_without_returning(conn)
+            .await?;
+        Ok(())
     }
 }

@@ -16,6 +16,10 @@ pub struct Db {
     /// SQLite has one writer: in-process writers wait their turn here rather than in
     /// SQLite's busy handler. Other processes still serialize through BEGIN IMMEDIATE.
     write_gate: Option<Arc<Mutex<()>>>,
+    /// Opens waiting to be written together (group commit).
+    batches: Arc<crate::charging::Batches>,
+    /// Users of recently seen API keys.
+    key_cache: Arc<crate::auth::KeyCache>,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write gate.
@@ -62,7 +66,17 @@ impl Db {
         Ok(Db {
             conn,
             write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
+            batches: Arc::new(crate::charging::Batches::new()),
+            key_cache: Arc::default(),
         })
+    }
+
+    pub(crate) fn batches(&self) -> &crate::charging::Batches {
+        &self.batches
+    }
+
+    pub fn key_cache(&self) -> &crate::auth::KeyCache {
+        &self.key_cache
     }
 
     pub fn conn(&self) -> &DatabaseConnection {

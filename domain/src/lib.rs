@@ -13,6 +13,7 @@ pub mod clock;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod group;
 pub mod kinds;
 pub mod ledger;
 pub mod lots;

@@ -155,6 +155,8 @@ pub async fn deactivate_user(db: &Db, actor: &Actor, user_id: i32) -> Result<use
     am.active = Set(false);
     let saved = am.update(&*tx).await?;
     tx.commit().await?;
+    // Other processes see it within the cache's time to live; this one at once.
+    db.key_cache().clear();
     Ok(saved)
 }
 

@@ -127,3 +127,93 @@ async fn concurrent_purchases_with_one_key_buy_once() {
         .unwrap();
     assert_eq!(balance, 500);
 }
+
+/// Charging opens of one account that arrive together share transactions (group
+/// commit), in two processes at once (two connections to one database, each batching
+/// its own), yet each open is charged as if alone: its own charge, record and answer,
+/// the balance after it, the lots burned in order, nothing overspent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opens_charged_together_in_two_processes_are_each_their_own() {
+    use daypass_domain::{
+        Db,
+        entity::{charge, ledger_entry, lot, open as open_record},
+    };
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+    use std::collections::BTreeSet;
+
+    let tdb = TestDb::new().await;
+    let db = &tdb.db;
+    let other_process = Db::connect(&tdb.url).await.unwrap();
+    let now = t("2026-03-02T09:00:00Z");
+    let acct = account(db, "Batch", now).await;
+    product(db, "cam", 3).await;
+    // 100 tokens bought earlier expire first and burn first; 200 more after them.
+    buy(
+        db,
+        acct.account_id,
+        100,
+        "early",
+        t("2026-01-05T00:00:00Z"),
+        now,
+    )
+    .await;
+    buy(db, acct.account_id, 200, "late", now, now).await;
+    let mut members = Vec::new();
+    for i in 0..60 {
+        members.push(
+            user(
+                db,
+                &acct,
+                &format!("u{i}@batch.test"),
+                Role::Member,
+                true,
+                now,
+            )
+            .await
+            .1,
+        );
+    }
+    let outcomes = join_all(members.iter().enumerate().map(|(i, m)| {
+        let db = if i % 2 == 0 {
+            db.clone()
+        } else {
+            other_process.clone()
+        };
+        let m = m.clone();
+        tokio::spawn(async move { open_product(&db, &m, now, open("cam")).await })
+    }))
+    .await;
+    let outcomes: Vec<_> = outcomes
+        .into_iter()
+        .map(|r| r.unwrap().expect("open answers"))
+        .collect();
+    assert!(outcomes.iter().all(|o| o.granted && o.tokens_charged == 3));
+    let charge_ids: BTreeSet<i32> = outcomes.iter().filter_map(|o| o.charge_id).collect();
+    assert_eq!(charge_ids.len(), 60, "one charge each");
+    // Each answer shows the balance right after its own charge: 297, 294, … 120.
+    let balances: BTreeSet<i64> = outcomes.iter().map(|o| o.balance).collect();
+    let expected: BTreeSet<i64> = (1..=60).map(|k| 300 - 3 * k).collect();
+    assert_eq!(balances, expected);
+    assert_eq!(charge::Entity::find().count(db.conn()).await.unwrap(), 60);
+    assert_eq!(
+        open_record::Entity::find().count(db.conn()).await.unwrap(),
+        60,
+        "each open recorded once"
+    );
+    // The early lot went first: 99 of it (33 charges), then one charge split 1 + 2.
+    let lots = lot::Entity::find()
+        .order_by_asc(lot::Column::ExpiresAt)
+        .all(db.conn())
+        .await
+        .unwrap();
+    let remaining: Vec<i64> = lots.iter().map(|l| l.remaining).collect();
+    assert_eq!(remaining, vec![0, 120]);
+    // One charge spanned both lots: 61 charge entries for 60 charges, 180 tokens.
+    let entries = ledger_entry::Entity::find()
+        .filter(ledger_entry::Column::Kind.eq("CHARGE"))
+        .all(db.conn())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 61);
+    assert_eq!(entries.iter().map(|e| e.tokens).sum::<i64>(), -180);
+}

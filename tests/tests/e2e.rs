@@ -1051,3 +1051,50 @@ async fn cli_create_account_prints_a_working_admin_key() {
     let d = s.ok(Some(&member), "{ viewer { role } }", json!({})).await;
     assert_eq!(d["viewer"]["role"], "MEMBER");
 }
+
+/// Keys are remembered briefly per process (no database round trip per request), yet a
+/// deactivation made through one server shuts the user out of that server at once and
+/// of every other server on the same database within 5 seconds.
+#[tokio::test]
+async fn a_deactivated_user_loses_access_in_every_process_within_five_seconds() {
+    let a = TestServer::start().await;
+    let b = TestServer::start_on(&a.database_url, &[]).await;
+    let (_, _, admin) = create_account(&a, "Revocations").await;
+    let (member_id, member) = create_user(&a, &admin, "m@revoke.test", "MEMBER").await;
+    let read = "{ viewer { user { id } } account { id } }";
+    // Both servers have seen the key (and may remember it).
+    for s in [&a, &b] {
+        for _ in 0..3 {
+            s.ok(Some(&member), read, json!({})).await;
+        }
+    }
+    let d = a
+        .ok(
+            Some(&admin),
+            "mutation($u: ID!) { deactivateUser(userId: $u) { active } }",
+            json!({"u": member_id}),
+        )
+        .await;
+    assert_eq!(d["deactivateUser"]["active"], false);
+    let deactivated_at = std::time::Instant::now();
+    assert_eq!(
+        a.error_code(Some(&member), read, json!({})).await,
+        "FORBIDDEN",
+        "the server that deactivated the user forgets the key at once"
+    );
+    loop {
+        let resp = b.gql(Some(&member), read, json!({})).await;
+        if resp["errors"][0]["extensions"]["code"] == "FORBIDDEN" {
+            break;
+        }
+        assert!(
+            resp.get("errors").is_none(),
+            "before it notices, the other server answers as before: {resp:#}"
+        );
+        assert!(
+            deactivated_at.elapsed() < std::time::Duration::from_secs(5),
+            "the other server still lets the deactivated user in after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

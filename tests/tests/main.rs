@@ -6,6 +6,7 @@ mod concurrency;
 mod e2e;
 mod invariants;
 mod live;
+mod load_bench;
 mod notifications;
 mod reports;
 mod rules;
