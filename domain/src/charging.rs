@@ -15,8 +15,8 @@ use crate::users::allowed_product_ids;
 use chrono::{DateTime, Utc};
 use daypass_entity::{charge, ledger_entry, lot, open, product, user, window};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
-    sea_query::{Expr, ExprTrait},
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
+    sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -241,11 +241,26 @@ struct ChargeRequest {
     product: product::Model,
 }
 
+/// What one open of a batch comes to, decided in memory under the account's lock.
+enum Planned {
+    Reopen(DateTime<Utc>),
+    Denied {
+        balance: i64,
+    },
+    Charge {
+        draws: Vec<rules::Draw>,
+        window_ends_at: DateTime<Utc>,
+        balance_before: i64,
+        threshold: i64,
+    },
+}
+
 /// Rules 3, 6, 10–12 for the charging opens of one account that arrived together:
-/// one transaction under the account's lock, then each open in arrival order exactly
-/// as if alone — re-check its window (a concurrent open, in this batch or another
-/// process, may have charged), draw the daily rate from the lots in burn order or
-/// deny for lack of tokens. Each open gets its own charge, record and answer.
+/// one transaction under the account's lock. Each open is decided in arrival order
+/// exactly as if alone — its window re-checked (a concurrent open, in this batch or
+/// another process, may have charged), the daily rate drawn from the lots in burn
+/// order or the open denied for lack of tokens — and then the batch is written with
+/// a few multi-row statements. Each open keeps its own charge, record and answer.
 async fn charge_batch(
     db: &Db,
     account_id: i32,
@@ -257,15 +272,16 @@ async fn charge_batch(
     let tx = db.begin_write().await?;
     db.lock_account(&tx, account_id).await?;
     let account = find_account(&*tx, account_id).await?;
+    // Every lot not expired at the batch's first instant: the spendable ones, and
+    // the quantities the default low-balance threshold is a share of.
     let lots: Vec<lot::Model> = lot::Entity::find()
         .filter(lot::Column::AccountId.eq(account_id))
-        .filter(lot::Column::Remaining.gt(0))
         .filter(lot::Column::ExpiresAt.gt(earliest))
         .all(&*tx)
         .await?;
-    // The lots as this batch leaves them, updated after each charge.
     let mut spendable: Vec<SpendableLot> = lots
         .iter()
+        .filter(|l| l.remaining > 0)
         .map(|l| SpendableLot {
             id: l.id,
             remaining: l.remaining,
@@ -274,163 +290,260 @@ async fn charge_batch(
             unit_price_minor: l.unit_price_minor,
         })
         .collect();
+    let started_with: HashMap<i32, i64> = spendable.iter().map(|l| (l.id, l.remaining)).collect();
     let live_balance = |lots: &[SpendableLot], now| -> i64 {
         lots.iter()
             .filter(|l| rules::lot_is_live(l.expires_at, now))
             .map(|l| l.remaining)
             .sum()
     };
+    let threshold_at = |now| {
+        rules::low_balance_threshold(
+            account.low_balance_threshold,
+            lots.iter()
+                .filter(|l| rules::lot_is_live(l.expires_at, now))
+                .map(|l| l.quantity)
+                .sum(),
+        )
+    };
     let plans = plans_of(&*tx, account_id, earliest).await?;
-    // Windows this batch opened, which the database shows only to this transaction.
-    let mut opened: HashMap<(i32, i32), DateTime<Utc>> = HashMap::new();
-    let mut answers = Vec::with_capacity(items.len());
-    let mut charged_any = false;
+    let user_ids: Vec<i32> = items.iter().map(|i| i.record.user_id).collect();
+    // The users' windows as the database has them, then as this batch moves them.
+    let mut windows: HashMap<(i32, i32), DateTime<Utc>> = window::Entity::find()
+        .filter(window::Column::UserId.is_in(user_ids))
+        .all(&*tx)
+        .await?
+        .into_iter()
+        .map(|w| ((w.user_id, w.product_id), w.ends_at))
+        .collect();
+
+    let mut planned = Vec::with_capacity(items.len());
     for ChargeRequest { record, product } in &items {
-        let (user_id, now) = (record.user_id, record.now);
-        let key = (user_id, product.id);
-        let window = match opened
+        let now = record.now;
+        let key = (record.user_id, product.id);
+        let balance_before = live_balance(&spendable, now);
+        let plan = match windows
             .get(&key)
             .copied()
             .filter(|&ends_at| rules::window_covers(ends_at, now))
         {
-            Some(ends_at) => Some(ends_at),
-            None => current_window(&*tx, user_id, product.id, now).await?,
-        };
-        let balance_before = live_balance(&spendable, now);
-        let mut notifications = Vec::new();
-        let outcome = if let Some(ends_at) = window {
-            Outcome::Reopen(ends_at)
-        } else if let Some(draws) = rules::allocate_from_lots(&spendable, product.daily_rate, now) {
-            let window_ends_at = now + rules::WINDOW;
-            let charge = charge::ActiveModel {
-                account_id: Set(account_id),
-                user_id: Set(user_id),
-                product_id: Set(product.id),
-                version: Set(record.version.clone()),
-                tokens: Set(product.daily_rate),
-                cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum()),
-                window_starts_at: Set(now),
-                window_ends_at: Set(window_ends_at),
-                ..Default::default()
-            }
-            .insert(&*tx)
-            .await?;
-            for draw in &draws {
-                let lot = spendable
-                    .iter_mut()
-                    .find(|l| l.id == draw.lot_id)
-                    .ok_or_else(|| DomainError::Internal("a draw from an unknown lot".into()))?;
-                draw_from_lot(&tx, lot, draw.tokens).await?;
-                ledger_entry::ActiveModel {
-                    account_id: Set(account_id),
-                    kind: Set(LedgerKind::Charge.as_str().to_owned()),
-                    tokens: Set(-draw.tokens),
-                    lot_id: Set(draw.lot_id),
-                    charge_id: Set(Some(charge.id)),
-                    at: Set(now),
-                    ..Default::default()
+            Some(ends_at) => Planned::Reopen(ends_at),
+            None => match rules::allocate_from_lots(&spendable, product.daily_rate, now) {
+                None => Planned::Denied {
+                    balance: balance_before,
+                },
+                Some(draws) => {
+                    for draw in &draws {
+                        let lot = spendable
+                            .iter_mut()
+                            .find(|l| l.id == draw.lot_id)
+                            .ok_or_else(|| {
+                                DomainError::Internal("a draw from an unknown lot".into())
+                            })?;
+                        lot.remaining -= draw.tokens;
+                    }
+                    let window_ends_at = now + rules::WINDOW;
+                    windows.insert(key, window_ends_at);
+                    Planned::Charge {
+                        draws,
+                        window_ends_at,
+                        balance_before,
+                        threshold: threshold_at(now),
+                    }
                 }
-                .insert(&*tx)
-                .await?;
-            }
-            move_window(&tx, user_id, product.id, charge.id, now, window_ends_at).await?;
-            opened.insert(key, window_ends_at);
-            charged_any = true;
-            let balance_after = balance_before - product.daily_rate;
-            notifications.extend(
-                notifications::on_charge(
-                    &*tx,
-                    &account,
-                    balance_before,
-                    balance_after,
-                    charge.id,
-                    now,
-                )
-                .await?,
-            );
-            Outcome::Charged {
-                charge_id: charge.id,
-                tokens: product.daily_rate,
-                window_ends_at,
-            }
-        } else {
-            notifications
-                .extend(notifications::on_exhausted(&*tx, &account, balance_before, now).await?);
-            Outcome::Denied(DenyReason::InsufficientTokens)
+            },
         };
-        record.write(&*tx, outcome).await?;
-        let mut answer = OpenOutcome::of(outcome, live_balance(&spendable, now), plans.at(now));
-        answer.notifications = notifications;
+        planned.push((plan, live_balance(&spendable, now)));
+    }
+
+    // The charges, one row each; the batch has at most one per user and product.
+    let charges =
+        charge::Entity::insert_many(items.iter().zip(&planned).filter_map(|(item, (plan, _))| {
+            match plan {
+                Planned::Charge {
+                    draws,
+                    window_ends_at,
+                    ..
+                } => Some(charge::ActiveModel {
+                    account_id: Set(account_id),
+                    user_id: Set(item.record.user_id),
+                    product_id: Set(item.product.id),
+                    version: Set(item.record.version.clone()),
+                    tokens: Set(item.product.daily_rate),
+                    cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum()),
+                    window_starts_at: Set(item.record.now),
+                    window_ends_at: Set(*window_ends_at),
+                    ..Default::default()
+                }),
+                _ => None,
+            }
+        }))
+        .exec_with_returning(&*tx)
+        .await?;
+    let charge_ids: HashMap<(i32, i32), i32> = charges
+        .iter()
+        .map(|c| ((c.user_id, c.product_id), c.id))
+        .collect();
+    let charge_of = |item: &ChargeRequest| -> Result<i32> {
+        charge_ids
+            .get(&(item.record.user_id, item.product.id))
+            .copied()
+            .ok_or_else(|| DomainError::Internal("a planned charge was not written".into()))
+    };
+    for lot in &spendable {
+        let before = started_with.get(&lot.id).copied().unwrap_or(lot.remaining);
+        if before != lot.remaining {
+            draw_from_lot(&tx, lot.id, before, lot.remaining).await?;
+        }
+    }
+    let mut entries = Vec::new();
+    let mut moved = Vec::new();
+    for (item, (plan, _)) in items.iter().zip(&planned) {
+        if let Planned::Charge {
+            draws,
+            window_ends_at,
+            ..
+        } = plan
+        {
+            let charge_id = charge_of(item)?;
+            entries.extend(draws.iter().map(|draw| ledger_entry::ActiveModel {
+                account_id: Set(account_id),
+                kind: Set(LedgerKind::Charge.as_str().to_owned()),
+                tokens: Set(-draw.tokens),
+                lot_id: Set(draw.lot_id),
+                charge_id: Set(Some(charge_id)),
+                at: Set(item.record.now),
+                ..Default::default()
+            }));
+            moved.push((item, charge_id, *window_ends_at));
+        }
+    }
+    ledger_entry::Entity::insert_many(entries)
+        .exec_without_returning(&*tx)
+        .await?;
+    move_windows(&tx, &moved).await?;
+
+    let mut answers = Vec::with_capacity(items.len());
+    let mut records = Vec::with_capacity(items.len());
+    let mut exhausted_told = false;
+    for (item, (plan, balance_after)) in items.iter().zip(planned) {
+        let now = item.record.now;
+        let mut notes = Vec::new();
+        let outcome = match plan {
+            Planned::Reopen(ends_at) => Outcome::Reopen(ends_at),
+            Planned::Denied { balance } => {
+                // At most one a day per account: the first denial of the batch asks.
+                if !exhausted_told {
+                    exhausted_told = true;
+                    notes.extend(notifications::on_exhausted(&*tx, &account, balance, now).await?);
+                }
+                Outcome::Denied(DenyReason::InsufficientTokens)
+            }
+            Planned::Charge {
+                window_ends_at,
+                balance_before,
+                threshold,
+                ..
+            } => {
+                let charge_id = charge_of(item)?;
+                notes.extend(
+                    notifications::on_charge(
+                        &*tx,
+                        &account,
+                        balance_before,
+                        balance_before - item.product.daily_rate,
+                        threshold,
+                        charge_id,
+                        now,
+                    )
+                    .await?,
+                );
+                Outcome::Charged {
+                    charge_id,
+                    tokens: item.product.daily_rate,
+                    window_ends_at,
+                }
+            }
+        };
+        records.push(item.record.model(outcome));
+        let mut answer = OpenOutcome::of(outcome, balance_after, plans.at(now));
+        answer.notifications = notes;
         answers.push(Ok(answer));
     }
-    if charged_any {
+    open::Entity::insert_many(records)
+        .exec_without_returning(&*tx)
+        .await?;
+    if !charges.is_empty() {
         announce_balance_change(&*tx, account_id).await?;
     }
     tx.commit().await?;
     Ok(answers)
 }
 
-/// Takes `tokens` from `lot` (as this transaction last left it), in the database
-/// and in memory. The update is conditional on the remaining tokens it started from.
-async fn draw_from_lot(tx: &WriteTx, lot: &mut SpendableLot, tokens: i64) -> Result<()> {
-    let before = lot.remaining;
-    let status = if before == tokens {
+/// Sets a lot's remaining tokens from `before` to `after` (what this batch drew),
+/// conditional on it still holding `before`.
+async fn draw_from_lot(tx: &WriteTx, lot_id: i32, before: i64, after: i64) -> Result<()> {
+    let status = if after == 0 {
         LotStatus::Depleted
     } else {
         LotStatus::Active
     };
     let updated = lot::Entity::update_many()
+        .col_expr(lot::Column::Remaining, Expr::value(after))
         .col_expr(
-            lot::Column::Remaining,
-            Expr::col(lot::Column::Remaining).sub(tokens),
+            lot::Column::Used,
+            Expr::col(lot::Column::Used).add(before - after),
         )
-        .col_expr(lot::Column::Used, Expr::col(lot::Column::Used).add(tokens))
         .col_expr(lot::Column::Status, Expr::value(status.as_str()))
-        .filter(lot::Column::Id.eq(lot.id))
+        .filter(lot::Column::Id.eq(lot_id))
         .filter(lot::Column::Remaining.eq(before))
         .exec(&**tx)
         .await?;
     if updated.rows_affected != 1 {
         // Only possible if something changed the lot outside the account's lock.
         return Err(DomainError::Internal(format!(
-            "lot {} changed during a charge",
-            lot.id
+            "lot {lot_id} changed during a charge"
         )));
     }
-    lot.remaining -= tokens;
     Ok(())
 }
 
-/// Points the user's window for the product at the new charge. The update only
-/// replaces a window that has ended, and the primary key allows one row, so two
-/// racing charges cannot both open a window.
-async fn move_window(
-    tx: &WriteTx,
-    user_id: i32,
-    product_id: i32,
-    charge_id: i32,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
-) -> Result<()> {
-    let updated = window::Entity::update_many()
-        .col_expr(window::Column::ChargeId, Expr::value(charge_id))
-        .col_expr(window::Column::StartsAt, Expr::value(starts_at))
-        .col_expr(window::Column::EndsAt, Expr::value(ends_at))
-        .filter(window::Column::UserId.eq(user_id))
-        .filter(window::Column::ProductId.eq(product_id))
-        .filter(window::Column::EndsAt.lte(starts_at))
-        .exec(&**tx)
-        .await?;
-    if updated.rows_affected == 0 {
+/// Points each user's window for the product at its new charge, in one statement. A
+/// window is replaced only when it has ended, and the primary key allows one row,
+/// so two racing charges cannot both open a window.
+async fn move_windows(tx: &WriteTx, moved: &[(&ChargeRequest, i32, DateTime<Utc>)]) -> Result<()> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let mut on_conflict = OnConflict::columns([window::Column::UserId, window::Column::ProductId]);
+    on_conflict
+        .update_columns([
+            window::Column::ChargeId,
+            window::Column::StartsAt,
+            window::Column::EndsAt,
+        ])
+        .action_and_where(
+            Expr::col((window::Entity, window::Column::EndsAt)).lte(Expr::col((
+                Alias::new("excluded"),
+                window::Column::StartsAt,
+            ))),
+        );
+    let written = window::Entity::insert_many(moved.iter().map(|(item, charge_id, ends_at)| {
         window::ActiveModel {
-            user_id: Set(user_id),
-            product_id: Set(product_id),
-            charge_id: Set(charge_id),
-            starts_at: Set(starts_at),
-            ends_at: Set(ends_at),
+            user_id: Set(item.record.user_id),
+            product_id: Set(item.product.id),
+            charge_id: Set(*charge_id),
+            starts_at: Set(item.record.now),
+            ends_at: Set(*ends_at),
         }
-        .insert(&**tx)
-        .await?;
+    }))
+    .on_conflict(on_conflict)
+    .exec_without_returning(&**tx)
+    .await?;
+    if written != moved.len() as u64 {
+        return Err(DomainError::Internal(
+            "a window still open was about to be replaced".into(),
+        ));
     }
     Ok(())
 }
@@ -535,12 +648,5 @@ impl OpenRecord {
             tokens: Set(tokens),
             ..Default::default()
         }
-    }
-
-    async fn write(&self, conn: &impl ConnectionTrait, outcome: Outcome) -> Result<()> {
-        open::Entity::insert(self.model(outcome))
-            .exec_without_returning(conn)
-            .await?;
-        Ok(())
     }
 }

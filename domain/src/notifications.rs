@@ -124,10 +124,10 @@ pub(crate) async fn on_charge(
     account: &account::Model,
     before: i64,
     after: i64,
+    threshold: i64,
     charge_id: i32,
     now: DateTime<Utc>,
 ) -> Result<Option<i32>> {
-    let threshold = crate::accounts::threshold_at(conn, account, now).await?;
     if !crossed_threshold(before, after, threshold) {
         return Ok(None);
     }
