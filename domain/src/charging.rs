@@ -2,7 +2,7 @@
 //! assignment, restrictions, 24-hour windows and charges.
 
 use crate::access::Actor;
-use crate::accounts::{balance_at, find_account, plan_level_at, plans_of};
+use crate::accounts::{find_account, plans_of};
 use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
 use crate::events::announce_balance_change;
@@ -10,7 +10,6 @@ use crate::group::{BatchFuture, GroupCommit};
 use crate::kinds::{AccessSource, DenyReason, LedgerKind, LotStatus, PlanLevel, Role};
 use crate::notifications;
 use crate::rules::{self, SpendableLot};
-use crate::subscriptions::active_seat;
 use crate::users::allowed_product_ids;
 use chrono::{DateTime, Utc};
 use daypass_entity::{charge, ledger_entry, lot, open, product, user, window};
@@ -96,7 +95,8 @@ pub async fn open_product(
         .one(db.conn())
         .await?;
 
-    let decision = decide(db, &user, product.as_ref(), now).await?;
+    let situation = situation(db.conn(), &user, product.as_ref(), now).await?;
+    let decision = decide(db, &user, product.as_ref(), &situation, now).await?;
     let record = OpenRecord {
         account_id: user.account_id,
         user_id: user.id,
@@ -126,7 +126,91 @@ pub async fn open_product(
         .records
         .submit(db, 0, (record, outcome))
         .await?;
-    answer(db.conn(), user.account_id, now, outcome).await
+    Ok(OpenOutcome::of(
+        outcome,
+        situation.balance,
+        situation.plan_level,
+    ))
+}
+
+/// What an open is decided on besides the user and the product, read in one round
+/// trip (the reads of rules 7–10 and the answer's balance and plan level).
+struct Situation {
+    account_restricts_products: bool,
+    /// The end of the user's last window for the product, covering `now` or not.
+    window_ends_at: Option<DateTime<Utc>>,
+    /// Rule 9: the user holds a seat of a subscription to the product active at `now`.
+    has_seat: bool,
+    /// Rule 6 at `now`: tokens left in live lots.
+    balance: i64,
+    /// Rule 13 at `now`.
+    plan_level: PlanLevel,
+}
+
+async fn situation(
+    conn: &impl ConnectionTrait,
+    user: &user::Model,
+    product: Option<&product::Model>,
+    now: DateTime<Utc>,
+) -> Result<Situation> {
+    let product_id = product.map_or(0, |p| p.id);
+    let mut sql = String::from(
+        "SELECT (SELECT restricts_products FROM accounts WHERE id = ?) AS account_restricts, \
+         (SELECT ends_at FROM windows WHERE user_id = ? AND product_id = ?) AS window_ends_at, \
+         (SELECT COUNT(*) FROM subscription_seats s \
+          JOIN subscriptions sub ON sub.id = s.subscription_id \
+          WHERE s.user_id = ? AND sub.product_id = ? AND sub.starts_at <= ? AND sub.ends_at > ?) \
+          AS seats, \
+         (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots \
+          WHERE account_id = ? AND remaining > 0 AND expires_at > ?) AS balance",
+    );
+    let mut values: Vec<sea_orm::Value> = vec![
+        user.account_id.into(),
+        user.id.into(),
+        product_id.into(),
+        user.id.into(),
+        product_id.into(),
+        now.into(),
+        now.into(),
+        user.account_id.into(),
+        now.into(),
+    ];
+    // Which plans the account holds at `now`; rule 13 picks from them below.
+    for (i, plan) in PlanLevel::ALL.iter().enumerate() {
+        sql.push_str(&format!(
+            ", (SELECT COUNT(*) FROM subscriptions WHERE account_id = ? AND plan_level = ? \
+             AND starts_at <= ? AND ends_at > ?) AS plan{i}"
+        ));
+        values.extend([
+            user.account_id.into(),
+            plan.as_str().into(),
+            now.into(),
+            now.into(),
+        ]);
+    }
+    let row = conn
+        .query_one_raw(crate::rollups::stmt(
+            conn.get_database_backend(),
+            &sql,
+            values,
+        ))
+        .await?
+        .ok_or_else(|| DomainError::Internal("no situation row".into()))?;
+    let mut held = Vec::new();
+    for (i, plan) in PlanLevel::ALL.iter().enumerate() {
+        if row.try_get::<i64>("", &format!("plan{i}"))? > 0 {
+            held.push(*plan);
+        }
+    }
+    Ok(Situation {
+        account_restricts_products: row
+            .try_get::<Option<bool>>("", "account_restricts")?
+            .unwrap_or(false),
+        window_ends_at: row.try_get("", "window_ends_at")?,
+        has_seat: row.try_get::<i64>("", "seats")? > 0,
+        balance: row.try_get("", "balance")?,
+        plan_level: rules::plan_level_of(held),
+    })
 }
 
 /// The opens and charges that wait for the next batch, per kind.
@@ -176,6 +260,7 @@ async fn decide(
     db: &Db,
     user: &user::Model,
     product: Option<&product::Model>,
+    situation: &Situation,
     now: DateTime<Utc>,
 ) -> Result<Decision> {
     let Some(product) = product else {
@@ -184,55 +269,34 @@ async fn decide(
     if !user.active {
         return Ok(Decision::Deny(DenyReason::UserDeactivated));
     }
-    if active_seat(db.conn(), user.id, product.id, now)
-        .await?
-        .is_some()
-    {
+    if situation.has_seat {
         return Ok(Decision::Subscription);
     }
     if !user.flex_assigned {
         return Ok(Decision::Deny(DenyReason::NotAssigned));
     }
-    if !product_allowed(db.conn(), user, product.id).await? {
+    // Rule 8: a user's own list overrides the account's; no list allows everything.
+    let allowed = if user.restricts_products {
+        allowed_product_ids(db.conn(), user.account_id, Some(user.id))
+            .await?
+            .contains(&product.id)
+    } else if situation.account_restricts_products {
+        allowed_product_ids(db.conn(), user.account_id, None)
+            .await?
+            .contains(&product.id)
+    } else {
+        true
+    };
+    if !allowed {
         return Ok(Decision::Deny(DenyReason::ProductRestricted));
     }
-    if let Some(ends_at) = current_window(db.conn(), user.id, product.id, now).await? {
+    if let Some(ends_at) = situation
+        .window_ends_at
+        .filter(|&ends_at| rules::window_covers(ends_at, now))
+    {
         return Ok(Decision::InsideWindow(ends_at));
     }
     Ok(Decision::Charge)
-}
-
-/// Rule 8: a user's own list overrides the account's; no list allows everything.
-async fn product_allowed(
-    conn: &impl ConnectionTrait,
-    user: &user::Model,
-    product_id: i32,
-) -> Result<bool> {
-    let list = if user.restricts_products {
-        allowed_product_ids(conn, user.account_id, Some(user.id)).await?
-    } else if find_account(conn, user.account_id)
-        .await?
-        .restricts_products
-    {
-        allowed_product_ids(conn, user.account_id, None).await?
-    } else {
-        return Ok(true);
-    };
-    Ok(list.contains(&product_id))
-}
-
-/// The end of the window covering `now` for this user and product, if one does.
-async fn current_window(
-    conn: &impl ConnectionTrait,
-    user_id: i32,
-    product_id: i32,
-    now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>> {
-    let w = window::Entity::find_by_id((user_id, product_id))
-        .one(conn)
-        .await?;
-    Ok(w.map(|w| w.ends_at)
-        .filter(|&ends_at| rules::window_covers(ends_at, now)))
 }
 
 /// A charging open waiting for its account's next batch.
@@ -546,21 +610,6 @@ async fn move_windows(tx: &WriteTx, moved: &[(&ChargeRequest, i32, DateTime<Utc>
         ));
     }
     Ok(())
-}
-
-/// The answer to the caller of an open that moved no tokens, with the balance and
-/// plan level at its time.
-async fn answer(
-    conn: &impl ConnectionTrait,
-    account_id: i32,
-    now: DateTime<Utc>,
-    outcome: Outcome,
-) -> Result<OpenOutcome> {
-    Ok(OpenOutcome::of(
-        outcome,
-        balance_at(conn, account_id, now).await?,
-        plan_level_at(conn, account_id, now).await?,
-    ))
 }
 
 impl OpenOutcome {

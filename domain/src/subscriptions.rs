@@ -9,8 +9,8 @@ use crate::kinds::PlanLevel;
 use chrono::{DateTime, Utc};
 use daypass_entity::{product, subscription, subscription_seat, user};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ModelTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, ModelTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 
 #[derive(Debug, Clone)]
@@ -148,30 +148,4 @@ pub async fn assigned_users(
     let mut users = crate::users::users_by_ids(db, &visible).await?;
     users.sort_by_key(|u| u.id);
     Ok(users)
-}
-
-/// Rule 9: the active subscription giving `user_id` a seat for `product_id`, if any.
-pub(crate) async fn active_seat(
-    conn: &impl ConnectionTrait,
-    user_id: i32,
-    product_id: i32,
-    now: DateTime<Utc>,
-) -> Result<Option<subscription::Model>> {
-    let seat_of: Vec<i32> = subscription_seat::Entity::find()
-        .select_only()
-        .column(subscription_seat::Column::SubscriptionId)
-        .filter(subscription_seat::Column::UserId.eq(user_id))
-        .into_tuple()
-        .all(conn)
-        .await?;
-    if seat_of.is_empty() {
-        return Ok(None);
-    }
-    Ok(subscription::Entity::find()
-        .filter(subscription::Column::Id.is_in(seat_of))
-        .filter(subscription::Column::ProductId.eq(product_id))
-        .filter(subscription::Column::StartsAt.lte(now))
-        .filter(subscription::Column::EndsAt.gt(now))
-        .one(conn)
-        .await?)
 }
