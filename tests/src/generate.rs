@@ -381,7 +381,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn max_id(db: &Db, table: &str) -> Result<i32> {
+pub(crate) async fn max_id(db: &Db, table: &str) -> Result<i32> {
     let row = db
         .conn()
         .query_one_raw(Statement::from_string(
@@ -394,7 +394,7 @@ async fn max_id(db: &Db, table: &str) -> Result<i32> {
 }
 
 /// On PostgreSQL, moves `table`'s id sequence past rows written with explicit ids.
-async fn follow_sequence(db: &Db, table: &str) -> Result<()> {
+pub(crate) async fn follow_sequence(db: &Db, table: &str) -> Result<()> {
     if db.is_postgres() {
         db.conn()
             .execute_unprepared(&format!(

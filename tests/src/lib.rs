@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod generate;
 pub mod json;
+pub mod load;
 pub mod server;
 pub mod smtp;
 pub mod ws;

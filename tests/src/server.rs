@@ -25,25 +25,15 @@ pub fn worker_binary() -> PathBuf {
         .clone()
 }
 
-fn build_binary(package: &str, bin: &str) -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let profile_release = std::env::var("DAYPASS_TEST_RELEASE").is_ok_and(|v| v == "1");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(&workspace)
-        .args(["build", "-q", "-p", package, "--bin", bin]);
-    // Build with the environment of a plain `cargo build`, not the variables cargo set
-    // for this test process: some build scripts (ring's) rerun when, say,
-    // CARGO_MANIFEST_DIR changes, which rebuilt half the tree on every alternation
-    // between a test run and any other build.
+/// Gives a `cargo build` the environment of a plain one, not the variables cargo set
+/// for this process: some build scripts (ring's) rerun when, say, CARGO_MANIFEST_DIR
+/// changes, which rebuilt half the tree on every alternation between a test run and
+/// any other build.
+pub(crate) fn plain_cargo_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         if key == "OUT_DIR"
-            || key == "CARGO_MANIFEST_DIR"
-            || key == "CARGO_MANIFEST_PATH"
-            || key == "CARGO_MANIFEST_LINKS"
+            || key.starts_with("CARGO_MANIFEST_")
             || key == "CARGO_CRATE_NAME"
             || key == "CARGO_PRIMARY_PACKAGE"
             || key == "CARGO_TARGET_TMPDIR"
@@ -54,6 +44,18 @@ fn build_binary(package: &str, bin: &str) -> PathBuf {
             cmd.env_remove(key.as_ref());
         }
     }
+}
+
+fn build_binary(package: &str, bin: &str) -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let profile_release = std::env::var("DAYPASS_TEST_RELEASE").is_ok_and(|v| v == "1");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&workspace)
+        .args(["build", "-q", "-p", package, "--bin", bin]);
+    plain_cargo_env(&mut cmd);
     if profile_release {
         cmd.arg("--release");
     }

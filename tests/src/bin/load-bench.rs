@@ -14,12 +14,10 @@
 //!   [--postgres postgres://root@127.0.0.1:5432/postgres] [--daypass-bin PATH] [--json FILE]
 //! ```
 
-#[path = "../load/mod.rs"]
-mod load;
-
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use clap::{Parser, ValueEnum};
+use daypass_tests::load;
 use load::ceiling::{self, Ceiling};
 use load::drive::{self, Expect, Phase, PhaseStats};
 use load::report::{self, BackendRun};

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `cargo build --release -p daypass-api --bin daypass` in this workspace, with the
-/// environment of a plain build (as `daypass_tests::server` does, so a build from
+/// environment of a plain build (as `crate::server` does, so a build from
 /// `cargo run` does not rebuild half the tree), and the binary's path.
 pub fn build_release_binary() -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,20 +26,7 @@ pub fn build_release_binary() -> Result<PathBuf> {
         "--bin",
         "daypass",
     ]);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key == "OUT_DIR"
-            || key.starts_with("CARGO_MANIFEST_")
-            || key == "CARGO_CRATE_NAME"
-            || key == "CARGO_PRIMARY_PACKAGE"
-            || key == "CARGO_TARGET_TMPDIR"
-            || key == "CARGO_BIN_NAME"
-            || key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_EXE_")
-        {
-            cmd.env_remove(key.as_ref());
-        }
-    }
+    crate::server::plain_cargo_env(&mut cmd);
     // The apalis crates check their SQL against DATABASE_URL when it is set.
     cmd.env("SQLX_OFFLINE", "true");
     let status = cmd.status().context("run cargo build")?;
@@ -138,7 +125,7 @@ impl Server {
 
     /// SIGTERM, then up to 30 s for the exit (it drains requests and jobs).
     pub async fn stop(mut self) -> Result<()> {
-        daypass_tests::server::sigterm(self.pid());
+        crate::server::sigterm(self.pid());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -8,6 +8,7 @@
 //! by `auth::generate_api_key` that the load generator holds, so one account's users
 //! have contiguous ids (the pgbench script picks them by arithmetic).
 
+use crate::generate::{follow_sequence, max_id};
 use anyhow::{Context, Result, bail, ensure};
 use chrono::Utc;
 use daypass_domain::{
@@ -20,7 +21,7 @@ use daypass_domain::{
     rules,
 };
 use futures::{StreamExt, TryStreamExt, stream};
-use sea_orm::{ConnectionTrait, EntityTrait, Set, Statement};
+use sea_orm::{EntityTrait, Set};
 use std::time::Instant;
 
 /// What to create.
@@ -341,31 +342,6 @@ async fn buy_lots(
         .buffer_unordered(8)
         .try_collect()
         .await
-}
-
-async fn max_id(db: &Db, table: &str) -> Result<i32> {
-    let row = db
-        .conn()
-        .query_one_raw(Statement::from_string(
-            db.backend(),
-            format!("SELECT CAST(COALESCE(MAX(id), 0) AS INTEGER) AS m FROM {table}"),
-        ))
-        .await?
-        .context("no row from MAX(id)")?;
-    Ok(row.try_get("", "m")?)
-}
-
-/// On PostgreSQL, moves `table`'s id sequence past rows written with explicit ids.
-async fn follow_sequence(db: &Db, table: &str) -> Result<()> {
-    if db.is_postgres() {
-        db.conn()
-            .execute_unprepared(&format!(
-                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-                 (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
-            ))
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
