@@ -17,7 +17,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -111,7 +111,7 @@ pub async fn open_product(
             return db
                 .batches()
                 .charges
-                .submit(db, user.account_id, request)
+                .submit(db, charge_queue(db, user.account_id), request)
                 .await;
         }
         (Decision::Charge, None) => {
@@ -213,9 +213,17 @@ async fn situation(
     })
 }
 
+/// Which queue a charging open of `account_id` joins. SQLite has one writer, so all
+/// accounts share one queue (one commit for everyone waiting); on PostgreSQL each
+/// account has its own, and batches of different accounts commit in parallel.
+fn charge_queue(db: &Db, account_id: i32) -> i32 {
+    if db.is_postgres() { account_id } else { 0 }
+}
+
 /// The opens and charges that wait for the next batch, per kind.
 pub struct Batches {
-    /// Charging opens, per account: one transaction under the account's lock each.
+    /// Charging opens (see [`charge_queue`]): one transaction per batch, each account
+    /// in it under its own lock.
     charges: Arc<GroupCommit<ChargeRequest, OpenOutcome>>,
     /// Records of opens that move no tokens (reopens, subscriptions, denials).
     records: Arc<GroupCommit<(OpenRecord, Outcome), ()>>,
@@ -251,8 +259,8 @@ fn run_records(db: Db, _key: i32, items: Vec<(OpenRecord, Outcome)>) -> BatchFut
     })
 }
 
-fn run_charges(db: Db, account_id: i32, items: Vec<ChargeRequest>) -> BatchFuture<OpenOutcome> {
-    Box::pin(async move { charge_batch(&db, account_id, items).await })
+fn run_charges(db: Db, _key: i32, items: Vec<ChargeRequest>) -> BatchFuture<OpenOutcome> {
+    Box::pin(async move { charge_batch(&db, items).await })
 }
 
 /// Rules 7–10 in the order, without writing anything.
@@ -325,23 +333,52 @@ enum Planned {
 /// another process, may have charged), the daily rate drawn from the lots in burn
 /// order or the open denied for lack of tokens — and then the batch is written with
 /// a few multi-row statements. Each open keeps its own charge, record and answer.
-async fn charge_batch(
+async fn charge_batch(db: &Db, items: Vec<ChargeRequest>) -> Result<Vec<Result<OpenOutcome>>> {
+    // Accounts in id order: two batches that lock the same accounts never deadlock.
+    let mut by_account: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        by_account
+            .entry(item.record.account_id)
+            .or_default()
+            .push(i);
+    }
+    let tx = db.begin_write().await?;
+    let mut answers: Vec<Option<OpenOutcome>> = vec![None; items.len()];
+    for (account_id, indices) in by_account {
+        let group: Vec<&ChargeRequest> = indices.iter().map(|&i| &items[i]).collect();
+        let outcomes = charge_account(db, &tx, account_id, &group).await?;
+        for (i, outcome) in indices.into_iter().zip(outcomes) {
+            answers[i] = Some(outcome);
+        }
+    }
+    tx.commit().await?;
+    answers
+        .into_iter()
+        .map(|a| {
+            a.map(Ok)
+                .ok_or_else(|| DomainError::Internal("an open of the batch was not decided".into()))
+        })
+        .collect()
+}
+
+/// One account's part of a batch, under its lock, inside the batch's transaction.
+async fn charge_account(
     db: &Db,
+    tx: &WriteTx,
     account_id: i32,
-    items: Vec<ChargeRequest>,
-) -> Result<Vec<Result<OpenOutcome>>> {
+    items: &[&ChargeRequest],
+) -> Result<Vec<OpenOutcome>> {
     let Some(earliest) = items.iter().map(|i| i.record.now).min() else {
         return Ok(Vec::new());
     };
-    let tx = db.begin_write().await?;
-    db.lock_account(&tx, account_id).await?;
-    let account = find_account(&*tx, account_id).await?;
+    db.lock_account(tx, account_id).await?;
+    let account = find_account(&**tx, account_id).await?;
     // Every lot not expired at the batch's first instant: the spendable ones, and
     // the quantities the default low-balance threshold is a share of.
     let lots: Vec<lot::Model> = lot::Entity::find()
         .filter(lot::Column::AccountId.eq(account_id))
         .filter(lot::Column::ExpiresAt.gt(earliest))
-        .all(&*tx)
+        .all(&**tx)
         .await?;
     let mut spendable: Vec<SpendableLot> = lots
         .iter()
@@ -370,19 +407,20 @@ async fn charge_batch(
                 .sum(),
         )
     };
-    let plans = plans_of(&*tx, account_id, earliest).await?;
+    let plans = plans_of(&**tx, account_id, earliest).await?;
     let user_ids: Vec<i32> = items.iter().map(|i| i.record.user_id).collect();
     // The users' windows as the database has them, then as this batch moves them.
     let mut windows: HashMap<(i32, i32), DateTime<Utc>> = window::Entity::find()
         .filter(window::Column::UserId.is_in(user_ids))
-        .all(&*tx)
+        .all(&**tx)
         .await?
         .into_iter()
         .map(|w| ((w.user_id, w.product_id), w.ends_at))
         .collect();
 
     let mut planned = Vec::with_capacity(items.len());
-    for ChargeRequest { record, product } in &items {
+    for item in items {
+        let ChargeRequest { record, product } = *item;
         let now = record.now;
         let key = (record.user_id, product.id);
         let balance_before = live_balance(&spendable, now);
@@ -442,7 +480,7 @@ async fn charge_batch(
                 _ => None,
             }
         }))
-        .exec_with_returning(&*tx)
+        .exec_with_returning(&**tx)
         .await?;
     let charge_ids: HashMap<(i32, i32), i32> = charges
         .iter()
@@ -457,7 +495,7 @@ async fn charge_batch(
     for lot in &spendable {
         let before = started_with.get(&lot.id).copied().unwrap_or(lot.remaining);
         if before != lot.remaining {
-            draw_from_lot(&tx, lot.id, before, lot.remaining).await?;
+            draw_from_lot(tx, lot.id, before, lot.remaining).await?;
         }
     }
     let mut entries = Vec::new();
@@ -479,13 +517,13 @@ async fn charge_batch(
                 at: Set(item.record.now),
                 ..Default::default()
             }));
-            moved.push((item, charge_id, *window_ends_at));
+            moved.push((*item, charge_id, *window_ends_at));
         }
     }
     ledger_entry::Entity::insert_many(entries)
-        .exec_without_returning(&*tx)
+        .exec_without_returning(&**tx)
         .await?;
-    move_windows(&tx, &moved).await?;
+    move_windows(tx, &moved).await?;
 
     let mut answers = Vec::with_capacity(items.len());
     let mut records = Vec::with_capacity(items.len());
@@ -499,7 +537,7 @@ async fn charge_batch(
                 // At most one a day per account: the first denial of the batch asks.
                 if !exhausted_told {
                     exhausted_told = true;
-                    notes.extend(notifications::on_exhausted(&*tx, &account, balance, now).await?);
+                    notes.extend(notifications::on_exhausted(&**tx, &account, balance, now).await?);
                 }
                 Outcome::Denied(DenyReason::InsufficientTokens)
             }
@@ -512,7 +550,7 @@ async fn charge_batch(
                 let charge_id = charge_of(item)?;
                 notes.extend(
                     notifications::on_charge(
-                        &*tx,
+                        &**tx,
                         &account,
                         balance_before,
                         balance_before - item.product.daily_rate,
@@ -532,15 +570,14 @@ async fn charge_batch(
         records.push(item.record.model(outcome));
         let mut answer = OpenOutcome::of(outcome, balance_after, plans.at(now));
         answer.notifications = notes;
-        answers.push(Ok(answer));
+        answers.push(answer);
     }
     open::Entity::insert_many(records)
-        .exec_without_returning(&*tx)
+        .exec_without_returning(&**tx)
         .await?;
     if !charges.is_empty() {
-        announce_balance_change(&*tx, account_id).await?;
+        announce_balance_change(&**tx, account_id).await?;
     }
-    tx.commit().await?;
     Ok(answers)
 }
 

@@ -217,3 +217,65 @@ async fn opens_charged_together_in_two_processes_are_each_their_own() {
     assert_eq!(entries.len(), 61);
     assert_eq!(entries.iter().map(|e| e.tokens).sum::<i64>(), -180);
 }
+
+/// Opens of several accounts share a batch: each account is charged under its own
+/// lock and keeps its own balance; answers never mix accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opens_of_many_accounts_batched_together_keep_their_accounts_apart() {
+    use daypass_domain::Db;
+    use std::collections::BTreeSet;
+
+    let tdb = TestDb::new().await;
+    let db = &tdb.db;
+    let other_process = Db::connect(&tdb.url).await.unwrap();
+    let now = t("2026-03-02T09:00:00Z");
+    product(db, "cam", 4).await;
+    let mut opens = Vec::new();
+    let mut accounts = Vec::new();
+    for a in 0..5i64 {
+        let acct = account(db, &format!("Many{a}"), now).await;
+        // Different balances, so an answer from the wrong account would show.
+        buy(db, acct.account_id, 100 + a, &format!("k{a}"), now, now).await;
+        for i in 0..10 {
+            let (_, m) = user(
+                db,
+                &acct,
+                &format!("u{i}@many{a}.test"),
+                Role::Member,
+                true,
+                now,
+            )
+            .await;
+            opens.push((acct.account_id, m));
+        }
+        accounts.push((acct.account_id, 100 + a));
+    }
+    let outcomes = join_all(opens.iter().enumerate().map(|(i, (account_id, m))| {
+        let db = if i % 2 == 0 {
+            db.clone()
+        } else {
+            other_process.clone()
+        };
+        let (account_id, m) = (*account_id, m.clone());
+        tokio::spawn(async move { (account_id, open_product(&db, &m, now, open("cam")).await) })
+    }))
+    .await;
+    for (account_id, bought) in accounts {
+        let balances: BTreeSet<i64> = outcomes
+            .iter()
+            .map(|r| r.as_ref().unwrap())
+            .filter(|(a, _)| *a == account_id)
+            .map(|(_, o)| {
+                let o = o.as_ref().expect("open answers");
+                assert!(o.granted && o.tokens_charged == 4, "{o:?}");
+                o.balance
+            })
+            .collect();
+        let expected: BTreeSet<i64> = (1..=10).map(|k| bought - 4 * k).collect();
+        assert_eq!(balances, expected, "account {account_id}");
+        let balance = daypass_domain::accounts::balance_at(db.conn(), account_id, now)
+            .await
+            .unwrap();
+        assert_eq!(balance, bought - 40);
+    }
+}
