@@ -14,7 +14,8 @@ use crate::users::allowed_product_ids;
 use chrono::{DateTime, Utc};
 use daypass_entity::{charge, ledger_entry, lot, open, product, user, window};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IdenStatic, Iterable, QueryFilter,
+    Set,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use std::collections::{BTreeMap, HashMap};
@@ -85,17 +86,9 @@ pub async fn open_product(
             "version must be at most 100 characters",
         ));
     }
-    let user = user::Entity::find_by_id(me.user_id)
-        .one(db.conn())
+    let (user, product, situation) = situation(db.conn(), me.user_id, &code, now)
         .await?
         .ok_or(DomainError::Unauthenticated)?;
-    let product = product::Entity::find()
-        .filter(product::Column::Code.eq(&code))
-        .filter(product::Column::Active.eq(true))
-        .one(db.conn())
-        .await?;
-
-    let situation = situation(db.conn(), &user, product.as_ref(), now).await?;
     let decision = decide(db, &user, product.as_ref(), &situation, now).await?;
     let record = OpenRecord {
         account_id: user.account_id,
@@ -133,8 +126,8 @@ pub async fn open_product(
     ))
 }
 
-/// What an open is decided on besides the user and the product, read in one round
-/// trip (the reads of rules 7–10 and the answer's balance and plan level).
+/// What an open is decided on besides the user and the product (read with them in
+/// one round trip: the reads of rules 7–10 and the answer's balance and plan level).
 struct Situation {
     account_restricts_products: bool,
     /// The end of the user's last window for the product, covering `now` or not.
@@ -149,60 +142,75 @@ struct Situation {
 
 async fn situation(
     conn: &impl ConnectionTrait,
-    user: &user::Model,
-    product: Option<&product::Model>,
+    user_id: i32,
+    code: &str,
     now: DateTime<Utc>,
-) -> Result<Situation> {
-    let product_id = product.map_or(0, |p| p.id);
-    let mut sql = String::from(
-        "SELECT (SELECT restricts_products FROM accounts WHERE id = ?) AS account_restricts, \
-         (SELECT ends_at FROM windows WHERE user_id = ? AND product_id = ?) AS window_ends_at, \
+) -> Result<Option<(user::Model, Option<product::Model>, Situation)>> {
+    // The user's and the active product's columns, prefixed to tell them apart.
+    let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
+        names
+            .into_iter()
+            .map(|c| format!("{table}.{c} AS {prefix}{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut sql = format!(
+        "SELECT {}, {}, \
+         (SELECT restricts_products FROM accounts WHERE id = u.account_id) AS account_restricts, \
+         (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
+          AS window_ends_at, \
          (SELECT COUNT(*) FROM subscription_seats s \
           JOIN subscriptions sub ON sub.id = s.subscription_id \
-          WHERE s.user_id = ? AND sub.product_id = ? AND sub.starts_at <= ? AND sub.ends_at > ?) \
-          AS seats, \
-         (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots \
-          WHERE account_id = ? AND remaining > 0 AND expires_at > ?) AS balance",
+          WHERE s.user_id = u.id AND sub.product_id = p.id AND sub.starts_at <= ? \
+          AND sub.ends_at > ?) AS seats, \
+         (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots l \
+          WHERE l.account_id = u.account_id AND l.remaining > 0 AND l.expires_at > ?) AS balance",
+        columns(
+            "u",
+            "u_",
+            user::Column::iter().map(|c| c.as_str()).collect()
+        ),
+        columns(
+            "p",
+            "p_",
+            product::Column::iter().map(|c| c.as_str()).collect()
+        ),
     );
-    let mut values: Vec<sea_orm::Value> = vec![
-        user.account_id.into(),
-        user.id.into(),
-        product_id.into(),
-        user.id.into(),
-        product_id.into(),
-        now.into(),
-        now.into(),
-        user.account_id.into(),
-        now.into(),
-    ];
+    let mut values: Vec<sea_orm::Value> = vec![now.into(), now.into(), now.into()];
     // Which plans the account holds at `now`; rule 13 picks from them below.
     for (i, plan) in PlanLevel::ALL.iter().enumerate() {
         sql.push_str(&format!(
-            ", (SELECT COUNT(*) FROM subscriptions WHERE account_id = ? AND plan_level = ? \
-             AND starts_at <= ? AND ends_at > ?) AS plan{i}"
+            ", (SELECT COUNT(*) FROM subscriptions WHERE account_id = u.account_id \
+             AND plan_level = ? AND starts_at <= ? AND ends_at > ?) AS plan{i}"
         ));
-        values.extend([
-            user.account_id.into(),
-            plan.as_str().into(),
-            now.into(),
-            now.into(),
-        ]);
+        values.extend([plan.as_str().into(), now.into(), now.into()]);
     }
-    let row = conn
+    sql.push_str(
+        " FROM users u LEFT JOIN products p ON p.code = ? AND p.active = ? WHERE u.id = ?",
+    );
+    values.extend([code.into(), true.into(), user_id.into()]);
+    let Some(row) = conn
         .query_one_raw(crate::rollups::stmt(
             conn.get_database_backend(),
             &sql,
             values,
         ))
         .await?
-        .ok_or_else(|| DomainError::Internal("no situation row".into()))?;
+    else {
+        return Ok(None);
+    };
+    let user = user::Model::from_query_result(&row, "u_")?;
+    let product = match row.try_get::<Option<i32>>("", "p_id")? {
+        Some(_) => Some(product::Model::from_query_result(&row, "p_")?),
+        None => None,
+    };
     let mut held = Vec::new();
     for (i, plan) in PlanLevel::ALL.iter().enumerate() {
         if row.try_get::<i64>("", &format!("plan{i}"))? > 0 {
             held.push(*plan);
         }
     }
-    Ok(Situation {
+    let situation = Situation {
         account_restricts_products: row
             .try_get::<Option<bool>>("", "account_restricts")?
             .unwrap_or(false),
@@ -210,7 +218,8 @@ async fn situation(
         has_seat: row.try_get::<i64>("", "seats")? > 0,
         balance: row.try_get("", "balance")?,
         plan_level: rules::plan_level_of(held),
-    })
+    };
+    Ok(Some((user, product, situation)))
 }
 
 /// Which queue a charging open of `account_id` joins. SQLite has one writer, so all
