@@ -910,18 +910,6 @@ async fn days_seen(
         .collect()
 }
 
-/// Distinct users per product of a set of (product, user) pairs, and under 0 the
-/// users over all products.
-pub fn distinct_users(pairs: &HashSet<(i32, i32)>) -> (HashMap<i32, i64>, i64) {
-    let mut per_product: HashMap<i32, i64> = HashMap::new();
-    let mut users: HashSet<i32> = HashSet::new();
-    for (product, user) in pairs {
-        *per_product.entry(*product).or_default() += 1;
-        users.insert(*user);
-    }
-    (per_product, users.len() as i64)
-}
-
 /// Which distinct users a report needs of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserCount {
@@ -1266,15 +1254,6 @@ mod tests {
             .map(|r| (r.product_id, r.distinct_users))
             .collect();
         assert_eq!(counts, [(Some(7), 2), (Some(8), 1)]);
-    }
-
-    #[test]
-    fn distinct_users_are_not_sums_of_products() {
-        let pairs: HashSet<(i32, i32)> = [(7, 1), (8, 1), (7, 2)].into_iter().collect();
-        let (per_product, all) = distinct_users(&pairs);
-        assert_eq!(per_product[&7], 2);
-        assert_eq!(per_product[&8], 1);
-        assert_eq!(all, 2);
     }
 
     #[test]
