@@ -3,6 +3,9 @@ use daypass_api::config::{Cli, Command};
 use daypass_api::{http, init_tracing, shutdown_signal, start};
 use daypass_domain::{Actor, Clock, Db, SystemClock, accounts};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

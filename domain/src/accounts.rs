@@ -14,6 +14,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
 };
+use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
 pub struct NewAccount {
@@ -207,6 +208,7 @@ pub async fn plan_level_at(
 }
 
 /// An account's subscriptions still running at or after some instant.
+#[derive(Debug, Default)]
 pub struct Plans(Vec<(PlanLevel, DateTime<Utc>, DateTime<Utc>)>);
 
 impl Plans {
@@ -227,20 +229,38 @@ pub async fn plans_of(
     account_id: i32,
     from: DateTime<Utc>,
 ) -> Result<Plans> {
-    let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = subscription::Entity::find()
+    Ok(plans_of_accounts(conn, &[account_id], from)
+        .await?
+        .remove(&account_id)
+        .unwrap_or_default())
+}
+
+/// [`plans_of`] for several accounts in one query; an account without any is absent.
+pub async fn plans_of_accounts(
+    conn: &impl ConnectionTrait,
+    account_ids: &[i32],
+    from: DateTime<Utc>,
+) -> Result<HashMap<i32, Plans>> {
+    let rows: Vec<(i32, String, DateTime<Utc>, DateTime<Utc>)> = subscription::Entity::find()
         .select_only()
+        .column(subscription::Column::AccountId)
         .column(subscription::Column::PlanLevel)
         .column(subscription::Column::StartsAt)
         .column(subscription::Column::EndsAt)
-        .filter(subscription::Column::AccountId.eq(account_id))
+        .filter(subscription::Column::AccountId.is_in(account_ids.iter().copied()))
         .filter(subscription::Column::EndsAt.gt(from))
         .into_tuple()
         .all(conn)
         .await?;
-    rows.into_iter()
-        .map(|(plan, starts_at, ends_at)| Ok((parse::<PlanLevel>(&plan)?, starts_at, ends_at)))
-        .collect::<Result<Vec<_>>>()
-        .map(Plans)
+    let mut plans: HashMap<i32, Plans> = HashMap::new();
+    for (account_id, plan, starts_at, ends_at) in rows {
+        plans
+            .entry(account_id)
+            .or_insert_with(|| Plans(Vec::new()))
+            .0
+            .push((parse::<PlanLevel>(&plan)?, starts_at, ends_at));
+    }
+    Ok(plans)
 }
 
 pub async fn plan_level(

@@ -2,24 +2,24 @@
 //! assignment, restrictions, 24-hour windows and charges.
 
 use crate::access::Actor;
-use crate::accounts::{find_account, plans_of};
+use crate::accounts::{Plans, plans_of_accounts};
 use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
-use crate::events::announce_balance_change;
+use crate::events::announce_balance_changes;
 use crate::group::{BatchFuture, GroupCommit};
 use crate::kinds::{AccessSource, DenyReason, LedgerKind, LotStatus, PlanLevel, Role};
 use crate::notifications;
 use crate::rules::{self, SpendableLot};
 use crate::users::allowed_product_ids;
 use chrono::{DateTime, Utc};
-use daypass_entity::{charge, ledger_entry, lot, open, product, user, window};
+use daypass_entity::{account, charge, ledger_entry, lot, open, product, user, window};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IdenStatic, Iterable, QueryFilter,
-    Set,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, IdenStatic,
+    Iterable, QueryFilter, Set,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone)]
 pub struct OpenRequest {
@@ -140,59 +140,83 @@ struct Situation {
     plan_level: PlanLevel,
 }
 
+/// The text of [`situation`]'s query on `backend`, built once.
+fn situation_sql(backend: DatabaseBackend) -> &'static str {
+    static SQLITE: OnceLock<String> = OnceLock::new();
+    static POSTGRES: OnceLock<String> = OnceLock::new();
+    let cell = if backend == DatabaseBackend::Postgres {
+        &POSTGRES
+    } else {
+        &SQLITE
+    };
+    cell.get_or_init(|| {
+        // The user's and the active product's columns, prefixed to tell them apart.
+        let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
+            names
+                .into_iter()
+                .map(|c| format!("{table}.{c} AS {prefix}{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Which plans the account holds, one bit each; rule 13 picks from them.
+        let flags: String = PlanLevel::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| format!(" WHEN '{}' THEN {}", plan.as_str(), 1_i64 << i))
+            .collect();
+        let sql = format!(
+            "SELECT {}, {}, \
+             (SELECT restricts_products FROM accounts WHERE id = u.account_id) \
+              AS account_restricts, \
+             (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
+              AS window_ends_at, \
+             (SELECT COUNT(*) FROM subscription_seats s \
+              JOIN subscriptions sub ON sub.id = s.subscription_id \
+              WHERE s.user_id = u.id AND sub.product_id = p.id AND sub.starts_at <= ? \
+              AND sub.ends_at > ?) AS seats, \
+             (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots l \
+              WHERE l.account_id = u.account_id AND l.remaining > 0 AND l.expires_at > ?) \
+              AS balance, \
+             (SELECT CAST(COALESCE(SUM(DISTINCT CASE plan_level{flags} ELSE 0 END), 0) \
+              AS BIGINT) FROM subscriptions \
+              WHERE account_id = u.account_id AND starts_at <= ? AND ends_at > ?) AS plans \
+             FROM users u LEFT JOIN products p ON p.code = ? AND p.active = ? WHERE u.id = ?",
+            columns(
+                "u",
+                "u_",
+                user::Column::iter().map(|c| c.as_str()).collect()
+            ),
+            columns(
+                "p",
+                "p_",
+                product::Column::iter().map(|c| c.as_str()).collect()
+            ),
+        );
+        crate::rollups::numbered(backend, &sql)
+    })
+}
+
 async fn situation(
     conn: &impl ConnectionTrait,
     user_id: i32,
     code: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<(user::Model, Option<product::Model>, Situation)>> {
-    // The user's and the active product's columns, prefixed to tell them apart.
-    let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
-        names
-            .into_iter()
-            .map(|c| format!("{table}.{c} AS {prefix}{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut sql = format!(
-        "SELECT {}, {}, \
-         (SELECT restricts_products FROM accounts WHERE id = u.account_id) AS account_restricts, \
-         (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
-          AS window_ends_at, \
-         (SELECT COUNT(*) FROM subscription_seats s \
-          JOIN subscriptions sub ON sub.id = s.subscription_id \
-          WHERE s.user_id = u.id AND sub.product_id = p.id AND sub.starts_at <= ? \
-          AND sub.ends_at > ?) AS seats, \
-         (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots l \
-          WHERE l.account_id = u.account_id AND l.remaining > 0 AND l.expires_at > ?) AS balance",
-        columns(
-            "u",
-            "u_",
-            user::Column::iter().map(|c| c.as_str()).collect()
-        ),
-        columns(
-            "p",
-            "p_",
-            product::Column::iter().map(|c| c.as_str()).collect()
-        ),
-    );
-    let mut values: Vec<sea_orm::Value> = vec![now.into(), now.into(), now.into()];
-    // Which plans the account holds at `now`; rule 13 picks from them below.
-    for (i, plan) in PlanLevel::ALL.iter().enumerate() {
-        sql.push_str(&format!(
-            ", (SELECT COUNT(*) FROM subscriptions WHERE account_id = u.account_id \
-             AND plan_level = ? AND starts_at <= ? AND ends_at > ?) AS plan{i}"
-        ));
-        values.extend([plan.as_str().into(), now.into(), now.into()]);
-    }
-    sql.push_str(
-        " FROM users u LEFT JOIN products p ON p.code = ? AND p.active = ? WHERE u.id = ?",
-    );
-    values.extend([code.into(), true.into(), user_id.into()]);
+    let backend = conn.get_database_backend();
+    let values: Vec<sea_orm::Value> = vec![
+        now.into(),
+        now.into(),
+        now.into(),
+        now.into(),
+        now.into(),
+        code.into(),
+        true.into(),
+        user_id.into(),
+    ];
     let Some(row) = conn
-        .query_one_raw(crate::rollups::stmt(
-            conn.get_database_backend(),
-            &sql,
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            situation_sql(backend),
             values,
         ))
         .await?
@@ -204,12 +228,12 @@ async fn situation(
         Some(_) => Some(product::Model::from_query_result(&row, "p_")?),
         None => None,
     };
-    let mut held = Vec::new();
-    for (i, plan) in PlanLevel::ALL.iter().enumerate() {
-        if row.try_get::<i64>("", &format!("plan{i}"))? > 0 {
-            held.push(*plan);
-        }
-    }
+    let plans: i64 = row.try_get("", "plans")?;
+    let held = PlanLevel::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| plans & (1 << i) != 0)
+        .map(|(_, plan)| *plan);
     let situation = Situation {
         account_restricts_products: row
             .try_get::<Option<bool>>("", "account_restricts")?
@@ -223,11 +247,21 @@ async fn situation(
 }
 
 /// Which queue a charging open of `account_id` joins. SQLite has one writer, so all
-/// accounts share one queue (one commit for everyone waiting); on PostgreSQL each
-/// account has its own, and batches of different accounts commit in parallel.
+/// accounts share one queue (one commit for everyone waiting). On PostgreSQL the
+/// accounts are spread over a few queues: a batch costs about the same dozen
+/// statements whatever its size, so opens of many accounts batched together cost far
+/// fewer round trips than one transaction per account, while batches of different
+/// queues still commit in parallel.
 fn charge_queue(db: &Db, account_id: i32) -> i32 {
-    if db.is_postgres() { account_id } else { 0 }
+    if db.is_postgres() {
+        account_id.rem_euclid(POSTGRES_CHARGE_QUEUES)
+    } else {
+        0
+    }
 }
+
+/// How many charging queues a process has on PostgreSQL.
+const POSTGRES_CHARGE_QUEUES: i32 = 2;
 
 /// The opens and charges that wait for the next batch, per kind.
 pub struct Batches {
@@ -259,11 +293,11 @@ impl std::fmt::Debug for Batches {
 fn run_records(db: Db, _key: i32, items: Vec<(OpenRecord, Outcome)>) -> BatchFuture<()> {
     Box::pin(async move {
         let n = items.len();
-        let tx = db.begin_write().await?;
+        // One statement commits alone: no BEGIN and COMMIT round trips.
+        let _turn = db.write_turn().await;
         open::Entity::insert_many(items.iter().map(|(r, o)| r.model(*o)))
-            .exec_without_returning(&*tx)
+            .exec_without_returning(db.conn())
             .await?;
-        tx.commit().await?;
         Ok((0..n).map(|_| Ok(())).collect())
     })
 }
@@ -336,14 +370,16 @@ enum Planned {
     },
 }
 
-/// Rules 3, 6, 10–12 for the charging opens of one account that arrived together:
-/// one transaction under the account's lock. Each open is decided in arrival order
-/// exactly as if alone — its window re-checked (a concurrent open, in this batch or
-/// another process, may have charged), the daily rate drawn from the lots in burn
-/// order or the open denied for lack of tokens — and then the batch is written with
-/// a few multi-row statements. Each open keeps its own charge, record and answer.
+/// Rules 3, 6, 10–12 for the charging opens that arrived together, of one account or
+/// many: one transaction, each account under its lock. If it fails and spans several
+/// accounts, each account's opens are tried again on their own, so one account's
+/// failure fails only its own opens.
 async fn charge_batch(db: &Db, items: Vec<ChargeRequest>) -> Result<Vec<Result<OpenOutcome>>> {
-    // Accounts in id order: two batches that lock the same accounts never deadlock.
+    let all: Vec<&ChargeRequest> = items.iter().collect();
+    let first_error = match charge_together(db, &all).await {
+        Ok(answers) => return Ok(answers.into_iter().map(Ok).collect()),
+        Err(e) => e,
+    };
     let mut by_account: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         by_account
@@ -351,77 +387,151 @@ async fn charge_batch(db: &Db, items: Vec<ChargeRequest>) -> Result<Vec<Result<O
             .or_default()
             .push(i);
     }
-    let tx = db.begin_write().await?;
-    let mut answers: Vec<Option<OpenOutcome>> = vec![None; items.len()];
-    for (account_id, indices) in by_account {
+    if by_account.len() < 2 {
+        return Err(first_error);
+    }
+    let mut answers: Vec<Option<Result<OpenOutcome>>> = (0..items.len()).map(|_| None).collect();
+    for indices in by_account.into_values() {
         let group: Vec<&ChargeRequest> = indices.iter().map(|&i| &items[i]).collect();
-        let outcomes = charge_account(db, &tx, account_id, &group).await?;
-        for (i, outcome) in indices.into_iter().zip(outcomes) {
-            answers[i] = Some(outcome);
+        match charge_together(db, &group).await {
+            Ok(outcomes) => {
+                for (i, outcome) in indices.into_iter().zip(outcomes) {
+                    answers[i] = Some(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for i in indices {
+                    answers[i] = Some(Err(DomainError::Internal(message.clone())));
+                }
+            }
         }
     }
-    tx.commit().await?;
-    answers
+    Ok(answers
         .into_iter()
         .map(|a| {
-            a.map(Ok)
-                .ok_or_else(|| DomainError::Internal("an open of the batch was not decided".into()))
+            a.unwrap_or_else(|| {
+                Err(DomainError::Internal(
+                    "an open of the batch was not decided".into(),
+                ))
+            })
         })
-        .collect()
+        .collect())
 }
 
-/// One account's part of a batch, under its lock, inside the batch's transaction.
-async fn charge_account(
-    db: &Db,
-    tx: &WriteTx,
-    account_id: i32,
-    items: &[&ChargeRequest],
-) -> Result<Vec<OpenOutcome>> {
-    let Some(earliest) = items.iter().map(|i| i.record.now).min() else {
-        return Ok(Vec::new());
-    };
-    db.lock_account(tx, account_id).await?;
-    let account = find_account(&**tx, account_id).await?;
-    // Every lot not expired at the batch's first instant: the spendable ones, and
-    // the quantities the default low-balance threshold is a share of.
-    let lots: Vec<lot::Model> = lot::Entity::find()
-        .filter(lot::Column::AccountId.eq(account_id))
-        .filter(lot::Column::ExpiresAt.gt(earliest))
-        .all(&**tx)
-        .await?;
-    let mut spendable: Vec<SpendableLot> = lots
-        .iter()
-        .filter(|l| l.remaining > 0)
-        .map(|l| SpendableLot {
-            id: l.id,
-            remaining: l.remaining,
-            quantity: l.quantity,
-            expires_at: l.expires_at,
-            unit_price_minor: l.unit_price_minor,
-        })
-        .collect();
-    let started_with: HashMap<i32, i64> = spendable.iter().map(|l| (l.id, l.remaining)).collect();
-    let live_balance = |lots: &[SpendableLot], now| -> i64 {
-        lots.iter()
+/// One account's lots as a batch draws on them.
+struct AccountLots {
+    /// Every lot not expired at the batch's first instant: the spendable ones, and
+    /// the quantities the default low-balance threshold is a share of.
+    lots: Vec<lot::Model>,
+    spendable: Vec<SpendableLot>,
+}
+
+impl AccountLots {
+    fn new(lots: Vec<lot::Model>) -> AccountLots {
+        let spendable = lots
+            .iter()
+            .filter(|l| l.remaining > 0)
+            .map(|l| SpendableLot {
+                id: l.id,
+                remaining: l.remaining,
+                quantity: l.quantity,
+                expires_at: l.expires_at,
+                unit_price_minor: l.unit_price_minor,
+            })
+            .collect();
+        AccountLots { lots, spendable }
+    }
+
+    fn balance_at(&self, now: DateTime<Utc>) -> i64 {
+        self.spendable
+            .iter()
             .filter(|l| rules::lot_is_live(l.expires_at, now))
             .map(|l| l.remaining)
             .sum()
-    };
-    let threshold_at = |now| {
+    }
+
+    fn threshold_at(&self, account: &account::Model, now: DateTime<Utc>) -> i64 {
         rules::low_balance_threshold(
             account.low_balance_threshold,
-            lots.iter()
+            self.lots
+                .iter()
                 .filter(|l| rules::lot_is_live(l.expires_at, now))
                 .map(|l| l.quantity)
                 .sum(),
         )
+    }
+
+    /// The daily rate drawn in burn order, or `None` if the live lots hold too little.
+    fn draw(&mut self, tokens: i64, now: DateTime<Utc>) -> Result<Option<Vec<rules::Draw>>> {
+        let Some(draws) = rules::allocate_from_lots(&self.spendable, tokens, now) else {
+            return Ok(None);
+        };
+        for draw in &draws {
+            let lot = self
+                .spendable
+                .iter_mut()
+                .find(|l| l.id == draw.lot_id)
+                .ok_or_else(|| DomainError::Internal("a draw from an unknown lot".into()))?;
+            lot.remaining -= draw.tokens;
+        }
+        Ok(Some(draws))
+    }
+
+    /// The lots this batch drew from: (id, remaining before, remaining after).
+    fn drawn(&self) -> impl Iterator<Item = (i32, i64, i64)> + '_ {
+        self.lots.iter().filter_map(|before| {
+            let after = self.spendable.iter().find(|l| l.id == before.id)?;
+            (after.remaining != before.remaining).then_some((
+                before.id,
+                before.remaining,
+                after.remaining,
+            ))
+        })
+    }
+}
+
+/// The opens of one transaction: every account locked in id order and read with its
+/// lots, plans and the users' windows in one query each; each open decided in arrival
+/// order exactly as if alone — its window re-checked (a concurrent open, in this batch
+/// or another process, may have charged), the daily rate drawn from its account's
+/// lots in burn order or the open denied for lack of tokens — and the whole batch then
+/// written with one multi-row statement per table. Each open keeps its own charge,
+/// record and answer.
+async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOutcome>> {
+    let Some(earliest) = items.iter().map(|i| i.record.now).min() else {
+        return Ok(Vec::new());
     };
-    let plans = plans_of(&**tx, account_id, earliest).await?;
+    let mut account_ids: Vec<i32> = items.iter().map(|i| i.record.account_id).collect();
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    let tx = db.begin_write().await?;
+    let accounts: HashMap<i32, account::Model> = db
+        .lock_accounts(&tx, &account_ids)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a))
+        .collect();
+    let mut lots: HashMap<i32, AccountLots> = HashMap::new();
+    let mut rows: HashMap<i32, Vec<lot::Model>> = HashMap::new();
+    for lot in lot::Entity::find()
+        .filter(lot::Column::AccountId.is_in(account_ids.iter().copied()))
+        .filter(lot::Column::ExpiresAt.gt(earliest))
+        .all(&*tx)
+        .await?
+    {
+        rows.entry(lot.account_id).or_default().push(lot);
+    }
+    for &account_id in &account_ids {
+        let of_account = rows.remove(&account_id).unwrap_or_default();
+        lots.insert(account_id, AccountLots::new(of_account));
+    }
+    let plans = plans_of_accounts(&*tx, &account_ids, earliest).await?;
     let user_ids: Vec<i32> = items.iter().map(|i| i.record.user_id).collect();
     // The users' windows as the database has them, then as this batch moves them.
     let mut windows: HashMap<(i32, i32), DateTime<Utc>> = window::Entity::find()
         .filter(window::Column::UserId.is_in(user_ids))
-        .all(&**tx)
+        .all(&*tx)
         .await?
         .into_iter()
         .map(|w| ((w.user_id, w.product_id), w.ends_at))
@@ -432,39 +542,36 @@ async fn charge_account(
         let ChargeRequest { record, product } = *item;
         let now = record.now;
         let key = (record.user_id, product.id);
-        let balance_before = live_balance(&spendable, now);
+        let account = accounts
+            .get(&record.account_id)
+            .ok_or_else(|| DomainError::Internal("an open of a missing account".into()))?;
+        let lots = lots
+            .get_mut(&record.account_id)
+            .ok_or_else(|| DomainError::Internal("an account without its lots".into()))?;
+        let balance_before = lots.balance_at(now);
         let plan = match windows
             .get(&key)
             .copied()
             .filter(|&ends_at| rules::window_covers(ends_at, now))
         {
             Some(ends_at) => Planned::Reopen(ends_at),
-            None => match rules::allocate_from_lots(&spendable, product.daily_rate, now) {
+            None => match lots.draw(product.daily_rate, now)? {
                 None => Planned::Denied {
                     balance: balance_before,
                 },
                 Some(draws) => {
-                    for draw in &draws {
-                        let lot = spendable
-                            .iter_mut()
-                            .find(|l| l.id == draw.lot_id)
-                            .ok_or_else(|| {
-                                DomainError::Internal("a draw from an unknown lot".into())
-                            })?;
-                        lot.remaining -= draw.tokens;
-                    }
                     let window_ends_at = now + rules::WINDOW;
                     windows.insert(key, window_ends_at);
                     Planned::Charge {
                         draws,
                         window_ends_at,
                         balance_before,
-                        threshold: threshold_at(now),
+                        threshold: lots.threshold_at(account, now),
                     }
                 }
             },
         };
-        planned.push((plan, live_balance(&spendable, now)));
+        planned.push((plan, lots.balance_at(now)));
     }
 
     // The charges, one row each; the batch has at most one per user and product.
@@ -476,7 +583,7 @@ async fn charge_account(
                     window_ends_at,
                     ..
                 } => Some(charge::ActiveModel {
-                    account_id: Set(account_id),
+                    account_id: Set(item.record.account_id),
                     user_id: Set(item.record.user_id),
                     product_id: Set(item.product.id),
                     version: Set(item.record.version.clone()),
@@ -489,7 +596,7 @@ async fn charge_account(
                 _ => None,
             }
         }))
-        .exec_with_returning(&**tx)
+        .exec_with_returning(&*tx)
         .await?;
     let charge_ids: HashMap<(i32, i32), i32> = charges
         .iter()
@@ -501,12 +608,12 @@ async fn charge_account(
             .copied()
             .ok_or_else(|| DomainError::Internal("a planned charge was not written".into()))
     };
-    for lot in &spendable {
-        let before = started_with.get(&lot.id).copied().unwrap_or(lot.remaining);
-        if before != lot.remaining {
-            draw_from_lot(tx, lot.id, before, lot.remaining).await?;
-        }
-    }
+    let drawn: Vec<(i32, i64, i64)> = account_ids
+        .iter()
+        .filter_map(|id| lots.get(id))
+        .flat_map(AccountLots::drawn)
+        .collect();
+    draw_from_lots(&tx, &drawn).await?;
     let mut entries = Vec::new();
     let mut moved = Vec::new();
     for (item, (plan, _)) in items.iter().zip(&planned) {
@@ -518,7 +625,7 @@ async fn charge_account(
         {
             let charge_id = charge_of(item)?;
             entries.extend(draws.iter().map(|draw| ledger_entry::ActiveModel {
-                account_id: Set(account_id),
+                account_id: Set(item.record.account_id),
                 kind: Set(LedgerKind::Charge.as_str().to_owned()),
                 tokens: Set(-draw.tokens),
                 lot_id: Set(draw.lot_id),
@@ -530,23 +637,25 @@ async fn charge_account(
         }
     }
     ledger_entry::Entity::insert_many(entries)
-        .exec_without_returning(&**tx)
+        .exec_without_returning(&*tx)
         .await?;
-    move_windows(tx, &moved).await?;
+    move_windows(&tx, &moved).await?;
 
     let mut answers = Vec::with_capacity(items.len());
     let mut records = Vec::with_capacity(items.len());
-    let mut exhausted_told = false;
+    let mut exhausted_told: Vec<i32> = Vec::new();
+    let no_plans = Plans::default();
     for (item, (plan, balance_after)) in items.iter().zip(planned) {
         let now = item.record.now;
+        let account = &accounts[&item.record.account_id];
         let mut notes = Vec::new();
         let outcome = match plan {
             Planned::Reopen(ends_at) => Outcome::Reopen(ends_at),
             Planned::Denied { balance } => {
-                // At most one a day per account: the first denial of the batch asks.
-                if !exhausted_told {
-                    exhausted_told = true;
-                    notes.extend(notifications::on_exhausted(&**tx, &account, balance, now).await?);
+                // At most one a day per account: the account's first denial asks.
+                if !exhausted_told.contains(&account.id) {
+                    exhausted_told.push(account.id);
+                    notes.extend(notifications::on_exhausted(&*tx, account, balance, now).await?);
                 }
                 Outcome::Denied(DenyReason::InsufficientTokens)
             }
@@ -559,8 +668,8 @@ async fn charge_account(
                 let charge_id = charge_of(item)?;
                 notes.extend(
                     notifications::on_charge(
-                        &**tx,
-                        &account,
+                        &*tx,
+                        account,
                         balance_before,
                         balance_before - item.product.daily_rate,
                         threshold,
@@ -577,43 +686,61 @@ async fn charge_account(
             }
         };
         records.push(item.record.model(outcome));
-        let mut answer = OpenOutcome::of(outcome, balance_after, plans.at(now));
+        let plan_level = plans.get(&account.id).unwrap_or(&no_plans).at(now);
+        let mut answer = OpenOutcome::of(outcome, balance_after, plan_level);
         answer.notifications = notes;
         answers.push(answer);
     }
     open::Entity::insert_many(records)
-        .exec_without_returning(&**tx)
+        .exec_without_returning(&*tx)
         .await?;
-    if !charges.is_empty() {
-        announce_balance_change(&**tx, account_id).await?;
-    }
+    let mut charged: Vec<i32> = charges.iter().map(|c| c.account_id).collect();
+    charged.sort_unstable();
+    charged.dedup();
+    announce_balance_changes(&*tx, &charged).await?;
+    tx.commit().await?;
     Ok(answers)
 }
 
-/// Sets a lot's remaining tokens from `before` to `after` (what this batch drew),
+/// Sets each drawn lot's remaining tokens from `before` to `after`, in one statement,
 /// conditional on it still holding `before`.
-async fn draw_from_lot(tx: &WriteTx, lot_id: i32, before: i64, after: i64) -> Result<()> {
-    let status = if after == 0 {
-        LotStatus::Depleted
-    } else {
-        LotStatus::Active
-    };
-    let updated = lot::Entity::update_many()
-        .col_expr(lot::Column::Remaining, Expr::value(after))
-        .col_expr(
-            lot::Column::Used,
-            Expr::col(lot::Column::Used).add(before - after),
-        )
-        .col_expr(lot::Column::Status, Expr::value(status.as_str()))
-        .filter(lot::Column::Id.eq(lot_id))
-        .filter(lot::Column::Remaining.eq(before))
-        .exec(&**tx)
+async fn draw_from_lots(tx: &WriteTx, drawn: &[(i32, i64, i64)]) -> Result<()> {
+    if drawn.is_empty() {
+        return Ok(());
+    }
+    let rows = vec!["(?, ?, ?, ?)"; drawn.len()].join(", ");
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(drawn.len() * 4);
+    for &(id, before, after) in drawn {
+        let status = if after == 0 {
+            LotStatus::Depleted
+        } else {
+            LotStatus::Active
+        };
+        values.extend([
+            id.into(),
+            before.into(),
+            after.into(),
+            status.as_str().into(),
+        ]);
+    }
+    let sql = format!(
+        "WITH drawn(id, before, after, status) AS (VALUES {rows}) \
+         UPDATE lots SET remaining = drawn.after, used = lots.used + (drawn.before - drawn.after), \
+         status = drawn.status FROM drawn \
+         WHERE lots.id = drawn.id AND lots.remaining = drawn.before"
+    );
+    let updated = tx
+        .execute_raw(crate::rollups::stmt(
+            tx.get_database_backend(),
+            &sql,
+            values,
+        ))
         .await?;
-    if updated.rows_affected != 1 {
-        // Only possible if something changed the lot outside the account's lock.
-        return Err(DomainError::Internal(format!(
-            "lot {lot_id} changed during a charge"
-        )));
+    if updated.rows_affected() != drawn.len() as u64 {
+        // Only possible if something changed a lot outside its account's lock.
+        return Err(DomainError::Internal(
+            "a lot changed during a charge".into(),
+        ));
     }
     Ok(())
 }

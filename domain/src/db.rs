@@ -2,10 +2,12 @@
 //! the database's write lock up front so concurrent writers queue instead of failing.
 
 use crate::error::Result;
+use daypass_entity::account;
 use daypass_migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ColumnTrait, ConnectOptions, Database, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
 };
 use std::{ops::Deref, sync::Arc, time::Duration};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -102,14 +104,20 @@ impl Db {
         Ok(())
     }
 
+    /// Waits for this process's turn to write, for a statement that commits alone
+    /// (autocommit) rather than in a [`WriteTx`]. On PostgreSQL there is no turn.
+    pub async fn write_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.write_gate {
+            Some(g) => Some(g.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
     /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so a transaction
     /// never has to upgrade from reader to writer (where SQLite would fail with "database
     /// is locked" instead of waiting).
     pub async fn begin_write(&self) -> Result<WriteTx> {
-        let gate = match &self.write_gate {
-            Some(g) => Some(g.clone().lock_owned().await),
-            None => None,
-        };
+        let gate = self.write_turn().await;
         let tx = self
             .conn
             .begin_with_options(TransactionOptions {
@@ -123,14 +131,23 @@ impl Db {
     /// Serializes the writers of one account on PostgreSQL (`SELECT … FOR UPDATE` on the
     /// account row). On SQLite the transaction already holds the database's write lock.
     pub async fn lock_account(&self, tx: &WriteTx, account_id: i32) -> Result<()> {
+        self.lock_accounts(tx, &[account_id]).await.map(|_| ())
+    }
+
+    /// Locks several accounts (as [`Db::lock_account`]) in id order, so two
+    /// transactions that lock overlapping sets never deadlock, and reads them. An
+    /// account that does not exist is simply absent from the answer.
+    pub async fn lock_accounts(
+        &self,
+        tx: &WriteTx,
+        account_ids: &[i32],
+    ) -> Result<Vec<account::Model>> {
+        let mut query = account::Entity::find()
+            .filter(account::Column::Id.is_in(account_ids.iter().copied()))
+            .order_by_asc(account::Column::Id);
         if self.is_postgres() {
-            tx.execute_raw(sea_orm::Statement::from_sql_and_values(
-                DatabaseBackend::Postgres,
-                "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
-                [account_id.into()],
-            ))
-            .await?;
+            query = query.lock_exclusive();
         }
-        Ok(())
+        Ok(query.all(&**tx).await?)
     }
 }

@@ -12,7 +12,7 @@ use daypass_entity::ledger_entry;
 use sea_orm::sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement,
+    QuerySelect,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,14 +35,26 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// changes. On PostgreSQL this is a `NOTIFY`, delivered to listeners only if the
 /// transaction commits; on SQLite nothing is needed (the feed reads the ledger).
 pub async fn announce_balance_change(conn: &impl ConnectionTrait, account_id: i32) -> Result<()> {
-    if conn.get_database_backend() == DatabaseBackend::Postgres {
-        conn.execute_raw(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            "SELECT pg_notify($1, $2)",
-            [BALANCE_CHANNEL.into(), account_id.to_string().into()],
-        ))
-        .await?;
+    announce_balance_changes(conn, &[account_id]).await
+}
+
+/// [`announce_balance_change`] for several accounts in one statement.
+pub async fn announce_balance_changes(
+    conn: &impl ConnectionTrait,
+    account_ids: &[i32],
+) -> Result<()> {
+    if conn.get_database_backend() != DatabaseBackend::Postgres || account_ids.is_empty() {
+        return Ok(());
     }
+    let rows = vec!["(?)"; account_ids.len()].join(", ");
+    let mut values: Vec<sea_orm::Value> = vec![BALANCE_CHANNEL.into()];
+    values.extend(account_ids.iter().map(|id| id.to_string().into()));
+    conn.execute_raw(crate::rollups::stmt(
+        DatabaseBackend::Postgres,
+        &format!("SELECT pg_notify(?, a.id) FROM (VALUES {rows}) AS a(id)"),
+        values,
+    ))
+    .await?;
     Ok(())
 }
 

@@ -161,23 +161,26 @@ pub fn day_start(day: NaiveDate) -> DateTime<Utc> {
 
 /// A statement written with `?` placeholders, numbered for PostgreSQL.
 pub fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
-    let sql = if backend == DatabaseBackend::Postgres {
-        let mut out = String::with_capacity(sql.len() + 16);
-        let mut n = 0;
-        for c in sql.chars() {
-            if c == '?' {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            } else {
-                out.push(c);
-            }
+    Statement::from_sql_and_values(backend, numbered(backend, sql), values)
+}
+
+/// `sql` with its `?` placeholders as `backend` writes them (`$1, $2, …` on PostgreSQL).
+pub fn numbered(backend: DatabaseBackend, sql: &str) -> String {
+    if backend != DatabaseBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
         }
-        out
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
+    }
+    out
 }
 
 /// Rule 16's measures for one UTC day, per account, user and product, from the raw

@@ -279,3 +279,107 @@ async fn opens_of_many_accounts_batched_together_keep_their_accounts_apart() {
         assert_eq!(balance, bought - 40);
     }
 }
+
+/// A batch that fails for one of its accounts fails only that account's opens: the
+/// others are charged as if they had come alone, and the failing account keeps its
+/// tokens. (A trigger makes the database refuse the charges of one account.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_failing_for_one_account_fails_only_its_opens() {
+    use daypass_tests::on_postgres;
+    use sea_orm::ConnectionTrait;
+
+    let tdb = TestDb::new().await;
+    let db = &tdb.db;
+    let now = t("2026-03-02T09:00:00Z");
+    product(db, "cam", 4).await;
+    // Three accounts: two of them share a charging queue on either backend (PostgreSQL
+    // spreads accounts over queues by id parity).
+    let mut made = Vec::new();
+    for a in 0..3 {
+        made.push(account(db, &format!("Mixed{a}"), now).await);
+    }
+    let pair = if made[0].account_id % 2 == made[1].account_id % 2 {
+        (0, 1)
+    } else if made[0].account_id % 2 == made[2].account_id % 2 {
+        (0, 2)
+    } else {
+        (1, 2)
+    };
+    let (failing, healthy) = (&made[pair.0], &made[pair.1]);
+    for acct in [failing, healthy] {
+        buy(
+            db,
+            acct.account_id,
+            100,
+            &format!("k{}", acct.account_id),
+            now,
+            now,
+        )
+        .await;
+    }
+    let refuse = if on_postgres() {
+        vec![
+            format!(
+                "CREATE FUNCTION refuse_charge() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.account_id = {} THEN RAISE EXCEPTION 'refused for the test'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                failing.account_id
+            ),
+            "CREATE TRIGGER refuse_charges BEFORE INSERT ON charges FOR EACH ROW \
+             EXECUTE FUNCTION refuse_charge()"
+                .to_owned(),
+        ]
+    } else {
+        vec![format!(
+            "CREATE TRIGGER refuse_charges BEFORE INSERT ON charges \
+             WHEN NEW.account_id = {} BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+            failing.account_id
+        )]
+    };
+    for sql in refuse {
+        db.conn().execute_unprepared(&sql).await.unwrap();
+    }
+    let mut opens = Vec::new();
+    for i in 0..12 {
+        for acct in [failing, healthy] {
+            let (_, m) = user(
+                db,
+                acct,
+                &format!("u{i}@mixed{}.test", acct.account_id),
+                Role::Member,
+                true,
+                now,
+            )
+            .await;
+            opens.push((acct.account_id, m));
+        }
+    }
+    let outcomes = join_all(opens.iter().map(|(account_id, m)| {
+        let (db, account_id, m) = (db.clone(), *account_id, m.clone());
+        tokio::spawn(async move { (account_id, open_product(&db, &m, now, open("cam")).await) })
+    }))
+    .await;
+    let mut healthy_balances = Vec::new();
+    for outcome in outcomes {
+        let (account_id, answer) = outcome.unwrap();
+        if account_id == failing.account_id {
+            let err = answer.expect_err("the refused account's opens fail");
+            assert!(err.to_string().contains("refused"), "{err}");
+        } else {
+            let o = answer.expect("the healthy account's opens are charged");
+            assert!(o.granted && o.tokens_charged == 4, "{o:?}");
+            healthy_balances.push(o.balance);
+        }
+    }
+    healthy_balances.sort_unstable();
+    assert_eq!(
+        healthy_balances,
+        (0..12).map(|k| 100 - 48 + 4 * k).collect::<Vec<i64>>()
+    );
+    for (acct, left) in [(failing, 100), (healthy, 52)] {
+        let balance = daypass_domain::accounts::balance_at(db.conn(), acct.account_id, now)
+            .await
+            .unwrap();
+        assert_eq!(balance, left, "account {}", acct.account_id);
+    }
+}

@@ -4,6 +4,7 @@ pub mod context;
 pub mod error;
 pub mod loaders;
 pub mod mutation;
+pub mod parsed;
 pub mod query;
 pub mod reports;
 pub mod subscription;
@@ -43,6 +44,7 @@ pub enum AppSchema {
 fn limited<Q, M, S>(b: SchemaBuilder<Q, M, S>, production: bool) -> SchemaBuilder<Q, M, S> {
     let b = b
         .extension(FreshRequestPerExecution)
+        .extension(parsed::ParsedDocuments::default())
         .limit_depth(16)
         .limit_complexity(5_000)
         .limit_recursive_depth(32)
