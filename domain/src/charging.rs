@@ -14,12 +14,12 @@ use crate::users::allowed_product_ids;
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, charge, ledger_entry, lot, open, product, user, window};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, IdenStatic,
-    Iterable, QueryFilter, Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IdenStatic, Iterable, QueryFilter,
+    Set,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct OpenRequest {
@@ -86,7 +86,15 @@ pub async fn open_product(
             "version must be at most 100 characters",
         ));
     }
-    let (user, product, situation) = situation(db.conn(), me.user_id, &code, now)
+    let asked = Asked {
+        user_id: me.user_id,
+        code: code.clone(),
+        now,
+    };
+    let (user, product, situation) = db
+        .batches()
+        .situations
+        .submit(db, 0, asked)
         .await?
         .ok_or(DomainError::Unauthenticated)?;
     let decision = decide(db, &user, product.as_ref(), &situation, now).await?;
@@ -140,110 +148,128 @@ struct Situation {
     plan_level: PlanLevel,
 }
 
-/// The text of [`situation`]'s query on `backend`, built once.
-fn situation_sql(backend: DatabaseBackend) -> &'static str {
-    static SQLITE: OnceLock<String> = OnceLock::new();
-    static POSTGRES: OnceLock<String> = OnceLock::new();
-    let cell = if backend == DatabaseBackend::Postgres {
-        &POSTGRES
-    } else {
-        &SQLITE
-    };
-    cell.get_or_init(|| {
-        // The user's and the active product's columns, prefixed to tell them apart.
-        let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
-            names
-                .into_iter()
-                .map(|c| format!("{table}.{c} AS {prefix}{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        // Which plans the account holds, one bit each; rule 13 picks from them.
-        let flags: String = PlanLevel::ALL
-            .iter()
-            .enumerate()
-            .map(|(i, plan)| format!(" WHEN '{}' THEN {}", plan.as_str(), 1_i64 << i))
-            .collect();
-        let sql = format!(
-            "SELECT {}, {}, \
-             (SELECT restricts_products FROM accounts WHERE id = u.account_id) \
-              AS account_restricts, \
-             (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
-              AS window_ends_at, \
-             (SELECT COUNT(*) FROM subscription_seats s \
-              JOIN subscriptions sub ON sub.id = s.subscription_id \
-              WHERE s.user_id = u.id AND sub.product_id = p.id AND sub.starts_at <= ? \
-              AND sub.ends_at > ?) AS seats, \
-             (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots l \
-              WHERE l.account_id = u.account_id AND l.remaining > 0 AND l.expires_at > ?) \
-              AS balance, \
-             (SELECT CAST(COALESCE(SUM(DISTINCT CASE plan_level{flags} ELSE 0 END), 0) \
-              AS BIGINT) FROM subscriptions \
-              WHERE account_id = u.account_id AND starts_at <= ? AND ends_at > ?) AS plans \
-             FROM users u LEFT JOIN products p ON p.code = ? AND p.active = ? WHERE u.id = ?",
-            columns(
-                "u",
-                "u_",
-                user::Column::iter().map(|c| c.as_str()).collect()
-            ),
-            columns(
-                "p",
-                "p_",
-                product::Column::iter().map(|c| c.as_str()).collect()
-            ),
-        );
-        crate::rollups::numbered(backend, &sql)
+/// One open's question for [`situations`].
+struct Asked {
+    user_id: i32,
+    code: String,
+    now: DateTime<Utc>,
+}
+
+/// What an open is decided on, with its user and active product; `None`: no such user.
+type Found = Option<(user::Model, Option<product::Model>, Situation)>;
+
+fn run_situations(db: Db, _key: i32, asked: Vec<Asked>) -> BatchFuture<Found> {
+    Box::pin(async move {
+        Ok(situations(db.conn(), &asked)
+            .await?
+            .into_iter()
+            .map(Ok)
+            .collect())
     })
 }
 
-async fn situation(
-    conn: &impl ConnectionTrait,
-    user_id: i32,
-    code: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<(user::Model, Option<product::Model>, Situation)>> {
-    let backend = conn.get_database_backend();
-    let values: Vec<sea_orm::Value> = vec![
-        now.into(),
-        now.into(),
-        now.into(),
-        now.into(),
-        now.into(),
-        code.into(),
-        true.into(),
-        user_id.into(),
-    ];
-    let Some(row) = conn
-        .query_one_raw(sea_orm::Statement::from_sql_and_values(
-            backend,
-            situation_sql(backend),
-            values,
-        ))
-        .await?
-    else {
-        return Ok(None);
+/// The text of [`situations`]' query for `n` opens, written with `?` placeholders.
+fn situations_sql(n: usize) -> String {
+    // The user's and the active product's columns, prefixed to tell them apart.
+    let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
+        names
+            .into_iter()
+            .map(|c| format!("{table}.{c} AS {prefix}{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let user = user::Model::from_query_result(&row, "u_")?;
-    let product = match row.try_get::<Option<i32>>("", "p_id")? {
-        Some(_) => Some(product::Model::from_query_result(&row, "p_")?),
-        None => None,
-    };
-    let plans: i64 = row.try_get("", "plans")?;
-    let held = PlanLevel::ALL
+    // Which plans the account holds, one bit each; rule 13 picks from them.
+    let flags: String = PlanLevel::ALL
         .iter()
         .enumerate()
-        .filter(|(i, _)| plans & (1 << i) != 0)
-        .map(|(_, plan)| *plan);
-    let situation = Situation {
-        account_restricts_products: row
-            .try_get::<Option<bool>>("", "account_restricts")?
-            .unwrap_or(false),
-        window_ends_at: row.try_get("", "window_ends_at")?,
-        has_seat: row.try_get::<i64>("", "seats")? > 0,
-        balance: row.try_get("", "balance")?,
-        plan_level: rules::plan_level_of(held),
-    };
-    Ok(Some((user, product, situation)))
+        .map(|(i, plan)| format!(" WHEN '{}' THEN {}", plan.as_str(), 1_i64 << i))
+        .collect();
+    format!(
+        "WITH asked(i, user_id, code, at) AS (VALUES {}) \
+         SELECT asked.i AS asked, {}, {}, \
+         (SELECT restricts_products FROM accounts WHERE id = u.account_id) \
+          AS account_restricts, \
+         (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
+          AS window_ends_at, \
+         (SELECT COUNT(*) FROM subscription_seats s \
+          JOIN subscriptions sub ON sub.id = s.subscription_id \
+          WHERE s.user_id = u.id AND sub.product_id = p.id AND sub.starts_at <= asked.at \
+          AND sub.ends_at > asked.at) AS seats, \
+         (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots l \
+          WHERE l.account_id = u.account_id AND l.remaining > 0 AND l.expires_at > asked.at) \
+          AS balance, \
+         (SELECT CAST(COALESCE(SUM(DISTINCT CASE plan_level{flags} ELSE 0 END), 0) \
+          AS BIGINT) FROM subscriptions \
+          WHERE account_id = u.account_id AND starts_at <= asked.at AND ends_at > asked.at) \
+          AS plans \
+         FROM asked JOIN users u ON u.id = asked.user_id \
+         LEFT JOIN products p ON p.code = asked.code AND p.active = ?",
+        vec!["(?, ?, ?, ?)"; n].join(", "),
+        columns(
+            "u",
+            "u_",
+            user::Column::iter().map(|c| c.as_str()).collect()
+        ),
+        columns(
+            "p",
+            "p_",
+            product::Column::iter().map(|c| c.as_str()).collect()
+        ),
+    )
+}
+
+/// What each of several opens is decided on (the reads of rules 7–10 and the
+/// answer's balance and plan level), with its user and product, in one round trip:
+/// concurrent opens ask together.
+async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> Result<Vec<Found>> {
+    let backend = conn.get_database_backend();
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(asked.len() * 4 + 1);
+    for (i, a) in asked.iter().enumerate() {
+        values.extend([
+            (i as i32).into(),
+            a.user_id.into(),
+            a.code.as_str().into(),
+            a.now.into(),
+        ]);
+    }
+    values.push(true.into());
+    let rows = conn
+        .query_all_raw(crate::rollups::stmt(
+            backend,
+            &situations_sql(asked.len()),
+            values,
+        ))
+        .await?;
+    let mut found: Vec<Found> = (0..asked.len()).map(|_| None).collect();
+    for row in rows {
+        let i: i32 = row.try_get("", "asked")?;
+        let user = user::Model::from_query_result(&row, "u_")?;
+        let product = match row.try_get::<Option<i32>>("", "p_id")? {
+            Some(_) => Some(product::Model::from_query_result(&row, "p_")?),
+            None => None,
+        };
+        let plans: i64 = row.try_get("", "plans")?;
+        let held = PlanLevel::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| plans & (1 << i) != 0)
+            .map(|(_, plan)| *plan);
+        let situation = Situation {
+            account_restricts_products: row
+                .try_get::<Option<bool>>("", "account_restricts")?
+                .unwrap_or(false),
+            window_ends_at: row.try_get("", "window_ends_at")?,
+            has_seat: row.try_get::<i64>("", "seats")? > 0,
+            balance: row.try_get("", "balance")?,
+            plan_level: rules::plan_level_of(held),
+        };
+        let slot = usize::try_from(i)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+            .ok_or_else(|| DomainError::Internal("a situation nobody asked for".into()))?;
+        *slot = Some((user, product, situation));
+    }
+    Ok(found)
 }
 
 /// Which queue a charging open of `account_id` joins. SQLite has one writer, so all
@@ -268,6 +294,8 @@ pub struct Batches {
     /// Charging opens (see [`charge_queue`]): one transaction per batch, each account
     /// in it under its own lock.
     charges: Arc<GroupCommit<ChargeRequest, OpenOutcome>>,
+    /// What opens are decided on, read for all that ask at once.
+    situations: Arc<GroupCommit<Asked, Found>>,
     /// Records of opens that move no tokens (reopens, subscriptions, denials).
     records: Arc<GroupCommit<(OpenRecord, Outcome), ()>>,
 }
@@ -279,6 +307,7 @@ impl Batches {
     pub(crate) fn new() -> Batches {
         Batches {
             charges: GroupCommit::new(run_charges, MAX_BATCH),
+            situations: GroupCommit::new(run_situations, MAX_BATCH),
             records: GroupCommit::new(run_records, MAX_BATCH),
         }
     }
@@ -296,7 +325,7 @@ fn run_records(db: Db, _key: i32, items: Vec<(OpenRecord, Outcome)>) -> BatchFut
         // One statement commits alone: no BEGIN and COMMIT round trips.
         let _turn = db.write_turn().await;
         open::Entity::insert_many(items.iter().map(|(r, o)| r.model(*o)))
-            .exec_without_returning(db.conn())
+            .exec_without_returning(db.records_conn())
             .await?;
         Ok((0..n).map(|_| Ok(())).collect())
     })
@@ -400,9 +429,8 @@ async fn charge_batch(db: &Db, items: Vec<ChargeRequest>) -> Result<Vec<Result<O
                 }
             }
             Err(e) => {
-                let message = e.to_string();
                 for i in indices {
-                    answers[i] = Some(Err(DomainError::Internal(message.clone())));
+                    answers[i] = Some(Err(e.duplicate()));
                 }
             }
         }

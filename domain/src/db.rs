@@ -4,6 +4,7 @@
 use crate::error::Result;
 use daypass_entity::account;
 use daypass_migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::SqliteSynchronous;
 use sea_orm::{
     ColumnTrait, ConnectOptions, Database, DatabaseBackend, DatabaseConnection,
     DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode,
@@ -15,6 +16,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 #[derive(Clone, Debug)]
 pub struct Db {
     conn: DatabaseConnection,
+    /// SQLite: a connection for records that need not wait for the disk.
+    records: Option<DatabaseConnection>,
     /// SQLite has one writer: in-process writers wait their turn here rather than in
     /// SQLite's busy handler. Other processes still serialize through BEGIN IMMEDIATE.
     write_gate: Option<Arc<Mutex<()>>>,
@@ -49,28 +52,67 @@ impl Db {
     /// timeout and foreign keys, and `synchronous = FULL`: a committed purchase or charge
     /// survives a power loss, not only a crash of the process.
     pub async fn connect(url: &str) -> Result<Db> {
-        let mut opts = ConnectOptions::new(url.to_owned());
-        opts.sqlx_logging(false)
-            .acquire_timeout(Duration::from_secs(30));
         let is_sqlite = url.starts_with("sqlite:");
-        if is_sqlite {
-            opts.max_connections(8).min_connections(1);
-            opts.map_sqlx_sqlite_opts(|o| {
+        let sqlite = |synchronous| {
+            let mut opts = ConnectOptions::new(url.to_owned());
+            opts.sqlx_logging(false)
+                .acquire_timeout(Duration::from_secs(30));
+            opts.map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                    .synchronous(synchronous)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
             });
+            opts
+        };
+        let (conn, records) = if is_sqlite {
+            let mut opts = sqlite(SqliteSynchronous::Full);
+            opts.max_connections(8).min_connections(1);
+            let conn = Database::connect(opts).await?;
+            // Records of opens that move no tokens (reopens, subscription opens,
+            // denials) commit without waiting for the disk (`synchronous = NORMAL`):
+            // they survive a crash of the process, and the next purchase or charge
+            // makes them durable with its own commit (WAL keeps commits in order). A
+            // power loss in between may lose a few; never a charge or a purchase.
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let records = if in_memory {
+                None
+            } else {
+                let mut opts = sqlite(SqliteSynchronous::Normal);
+                opts.max_connections(1).min_connections(1);
+                Some(Database::connect(opts).await?)
+            };
+            (conn, records)
         } else {
-            opts.max_connections(32).min_connections(1);
-        }
-        let conn = Database::connect(opts).await?;
+            let postgres = |max, asynchronous: bool| {
+                let mut opts = ConnectOptions::new(url.to_owned());
+                opts.sqlx_logging(false)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .max_connections(max)
+                    .min_connections(1);
+                if asynchronous {
+                    opts.map_sqlx_postgres_opts(|o| o.options([("synchronous_commit", "off")]));
+                }
+                opts
+            };
+            let conn = Database::connect(postgres(32, false)).await?;
+            // As on SQLite: records of opens that move no tokens do not wait for the
+            // WAL flush; a crash of the database server may lose the last few.
+            let records = Database::connect(postgres(4, true)).await?;
+            (conn, Some(records))
+        };
         Ok(Db {
             conn,
+            records,
             write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             batches: Arc::new(crate::charging::Batches::new()),
             key_cache: Arc::default(),
         })
+    }
+
+    /// Where records of opens that move no tokens are written (see [`Db::connect`]).
+    pub(crate) fn records_conn(&self) -> &DatabaseConnection {
+        self.records.as_ref().unwrap_or(&self.conn)
     }
 
     pub(crate) fn batches(&self) -> &crate::charging::Batches {

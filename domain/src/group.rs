@@ -115,7 +115,7 @@ fn failed_all<R>(n: usize, e: &DomainError) -> Vec<Result<R>> {
 
 impl DomainError {
     /// A copy for each caller of a failed batch (a database error keeps its text).
-    fn duplicate(&self) -> DomainError {
+    pub(crate) fn duplicate(&self) -> DomainError {
         match self {
             DomainError::Unauthenticated => DomainError::Unauthenticated,
             DomainError::Forbidden(m) => DomainError::Forbidden(m.clone()),
