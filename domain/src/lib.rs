@@ -19,6 +19,8 @@ pub mod ledger;
 pub mod lots;
 pub mod notifications;
 pub mod page;
+#[cfg(test)]
+mod properties;
 pub mod reports;
 pub mod rollups;
 pub mod rules;
