@@ -3,6 +3,8 @@
 
 mod analytics;
 mod concurrency;
+mod crashes;
+mod docker;
 mod e2e;
 mod invariants;
 mod live;
