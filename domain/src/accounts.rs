@@ -179,12 +179,15 @@ pub async fn low_balance_threshold(
 }
 
 /// Sets an absolute low-balance threshold; sends nothing by itself (rule 14).
+/// Rule 14: an absolute threshold for the caller's account (an operator names the
+/// account).
 pub async fn set_low_balance_threshold(
     db: &Db,
     actor: &Actor,
+    account_id: Option<i32>,
     tokens: i64,
 ) -> Result<account::Model> {
-    let account_id = actor.target_account(None)?;
+    let account_id = actor.target_account(account_id)?;
     actor.can_manage(account_id)?;
     if tokens < 0 {
         return Err(DomainError::bad_input("a threshold cannot be negative"));

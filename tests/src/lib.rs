@@ -14,6 +14,7 @@ use daypass_domain::{
 use sea_orm::{ConnectionTrait, Database};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod cluster;
 pub mod generate;
 pub mod json;
 pub mod load;

@@ -2,6 +2,7 @@
 //! database `DAYPASS_TEST_DATABASE` names (SQLite when unset).
 
 mod analytics;
+mod authz;
 mod concurrency;
 mod crashes;
 mod docker;
@@ -13,3 +14,4 @@ mod notifications;
 mod reports;
 mod rules;
 mod scale;
+mod scale_out;

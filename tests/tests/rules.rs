@@ -2156,7 +2156,7 @@ async fn rule19_analysts_read_everything_of_their_account_and_change_nothing() {
         Forbidden
     );
     assert_err!(
-        accounts::set_low_balance_threshold(db, a, 5).await,
+        accounts::set_low_balance_threshold(db, a, None, 5).await,
         Forbidden
     );
     assert_err!(open_product(db, a, s.now, req("cad")).await, Forbidden);
@@ -2371,7 +2371,7 @@ async fn rule19_a_deactivated_user_may_read_viewer_and_nothing_else() {
         Forbidden
     );
     assert_err!(
-        accounts::set_low_balance_threshold(db, g, 1).await,
+        accounts::set_low_balance_threshold(db, g, None, 1).await,
         Forbidden
     );
     assert_err!(

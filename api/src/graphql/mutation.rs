@@ -271,10 +271,17 @@ impl Mutation {
         ))
     }
 
-    async fn set_low_balance_threshold(&self, ctx: &Context<'_>, tokens: i64) -> Result<Account> {
+    async fn set_low_balance_threshold(
+        &self,
+        ctx: &Context<'_>,
+        tokens: i64,
+        #[graphql(desc = "Operators only: the account to set it for (admins set their own).")]
+        account_id: Option<ID>,
+    ) -> Result<Account> {
         let r = Req::of(ctx)?;
+        let account_id = parse_opt_id(account_id.as_ref(), "accountId")?;
         Ok(Account(
-            accounts::set_low_balance_threshold(r.db(), r.actor(), tokens)
+            accounts::set_low_balance_threshold(r.db(), r.actor(), account_id, tokens)
                 .await
                 .gql()?,
         ))
