@@ -244,6 +244,16 @@ fn sigkill(pid: u32) {
     assert!(status.success(), "kill -9 {pid} failed");
 }
 
+/// Whether PostgreSQL and Redis answer (a scale-out needs both).
+pub async fn services_reachable() -> anyhow::Result<()> {
+    let server = postgres_server();
+    let admin = sea_orm::Database::connect(&server)
+        .await
+        .map_err(|e| anyhow::anyhow!("PostgreSQL at {server}: {e}"))?;
+    admin.close().await.ok();
+    redis_ping(REDIS_ADDR).await
+}
+
 impl Cluster {
     /// A fresh PostgreSQL database, a Redis queue of its own, an SMTP listener, then
     /// `apis` API processes and `workers` worker processes. Panics (never skips) when

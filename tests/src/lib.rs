@@ -126,6 +126,19 @@ pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
+/// A service a test needs (Redis, a PostgreSQL server): in CI its absence fails the
+/// test; elsewhere (a laptop without it) the test says SKIP and returns `None`.
+pub fn require<T>(what: &str, found: anyhow::Result<T>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(e) if in_ci() => panic!("{what} is required in CI: {e}"),
+        Err(e) => {
+            println!("SKIP ({what} unavailable): {e}");
+            None
+        }
+    }
+}
+
 /// A fixed instant to build scenarios on.
 pub fn t(s: &str) -> DateTime<Utc> {
     s.parse().expect("RFC 3339 instant")

@@ -3,9 +3,10 @@
 //! dead letters, a worker killed mid-send, graceful shutdown, and two sweepers at once.
 
 use chrono::{DateTime, Duration as Hours, Timelike, Utc};
+use daypass_tests::cluster::{REDIS_ADDR, redis_delete_prefix, redis_ping};
 use daypass_tests::server::{OPERATOR_KEY, TestWorker, unique_queue_name};
 use daypass_tests::smtp::{ReceivedMail, SmtpServer, mail_files};
-use daypass_tests::{TestServer, create_postgres_database, in_ci, target_database};
+use daypass_tests::{TestServer, create_postgres_database, require, target_database};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -262,19 +263,6 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     }
 }
 
-/// A service the test needs but the machine may not have: in CI its absence fails the
-/// test, elsewhere the test says SKIP and passes.
-fn require<T>(what: &str, found: anyhow::Result<T>) -> Option<T> {
-    match found {
-        Ok(v) => Some(v),
-        Err(e) if in_ci() => panic!("{what} is required in CI: {e}"),
-        Err(e) => {
-            println!("SKIP ({what} unavailable): {e}");
-            None
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // 1. The low-balance e-mail over SMTP, and how fast the queue delivers it, per backend.
 // ---------------------------------------------------------------------------------
@@ -302,50 +290,10 @@ async fn low_balance_email_over_smtp_queue_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_balance_email_over_smtp_queue_on_redis() {
     let url = "redis://127.0.0.1:6379";
-    if require(
-        "Redis for the job queue",
-        redis_ping("127.0.0.1:6379").await,
-    )
-    .is_some()
-    {
+    if require("Redis for the job queue", redis_ping(REDIS_ADDR).await).is_some() {
         let queue_name = low_balance_email_over_smtp("redis", url).await;
         // The queue's keys are this test's own; leave the shared server as it was.
-        redis_delete_prefix("127.0.0.1:6379", &format!("{queue_name}:")).await;
-    }
-}
-
-async fn redis_talk(addr: &str, command: &[&str]) -> anyhow::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let talk = async {
-        let mut conn = tokio::net::TcpStream::connect(addr).await?;
-        let mut req = format!("*{}\r\n", command.len());
-        for arg in command {
-            req.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        conn.write_all(req.as_bytes()).await?;
-        let mut buf = vec![0u8; 256];
-        let n = conn.read(&mut buf).await?;
-        buf.truncate(n);
-        anyhow::Ok(buf)
-    };
-    tokio::time::timeout(Duration::from_secs(3), talk)
-        .await
-        .map_err(|_| anyhow::anyhow!("{addr} did not answer"))?
-}
-
-async fn redis_ping(addr: &str) -> anyhow::Result<()> {
-    let reply = redis_talk(addr, &["PING"]).await?;
-    anyhow::ensure!(reply.starts_with(b"+PONG"), "no PONG from {addr}");
-    Ok(())
-}
-
-/// Best effort: deletes every key starting with `prefix`.
-async fn redis_delete_prefix(addr: &str, prefix: &str) {
-    let script = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
-                  redis.call('DEL', k) n = n + 1 end return n";
-    let pattern = format!("{prefix}*");
-    if let Err(e) = redis_talk(addr, &["EVAL", script, "0", &pattern]).await {
-        println!("could not clean up Redis keys {pattern}: {e}");
+        redis_delete_prefix(REDIS_ADDR, &format!("{queue_name}:")).await;
     }
 }
 

@@ -689,6 +689,10 @@ async fn violations(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_apis_and_two_workers_keep_one_truth_through_kill_9() {
+    let needed = daypass_tests::cluster::services_reachable().await;
+    if daypass_tests::require("PostgreSQL and Redis for the scale-out test", needed).is_none() {
+        return;
+    }
     let started = Instant::now();
     let mut cluster = Cluster::start(3, 2, PUBLIC_URL).await;
     let b = cluster.balancer.clone();
