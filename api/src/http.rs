@@ -2,12 +2,15 @@
 
 use crate::graphql::context::Req;
 use crate::graphql::error::gql;
+use crate::graphql::error::{add_request_id, outcome_of};
 use crate::graphql::loaders::Loaders;
 use crate::graphql::subscription::LiveCaller;
 use crate::state::AppState;
+use crate::telemetry::{OperationSlot, REQUEST_ID_HEADER, RequestId, record_graphql};
 use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::Extension;
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State, WebSocketUpgrade},
@@ -17,15 +20,12 @@ use axum::{
 };
 use daypass_domain::{Actor, DomainError, auth};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
 /// Largest request body accepted (a GraphQL document with its variables).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-static GRAPHQL_REQUESTS: AtomicU64 = AtomicU64::new(0);
-static GRAPHQL_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 pub fn router(state: AppState, cors_origins: Option<&str>) -> Router {
     let mut app = Router::new()
@@ -40,6 +40,8 @@ pub fn router(state: AppState, cors_origins: Option<&str>) -> Router {
         // only the buffering extractors read) does not bound it: this layer does, for
         // every route (413 on a larger Content-Length, an error on a longer stream).
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        // Outermost but CORS: every answer, a refused body included, has an id.
+        .layer(axum::middleware::from_fn(crate::telemetry::request_context))
         .with_state(state);
     if let Some(origins) = cors_origins.filter(|o| !o.trim().is_empty()) {
         let origins: Vec<HeaderValue> = origins
@@ -52,7 +54,12 @@ pub fn router(state: AppState, cors_origins: Option<&str>) -> Router {
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
                 .allow_methods([Method::GET, Method::POST])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    REQUEST_ID_HEADER.clone(),
+                ])
+                .expose_headers([REQUEST_ID_HEADER.clone()]),
         );
     }
     app
@@ -99,35 +106,43 @@ pub(crate) async fn caller(
 
 async fn graphql(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     req: GraphQLRequest,
 ) -> GraphQLResponse {
-    GRAPHQL_REQUESTS.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let request_id = request_id.map(|Extension(RequestId(id))| id);
+    let finish = |resp: async_graphql::Response, operation: Option<String>| {
+        record_graphql(operation.as_deref(), &outcome_of(&resp), started.elapsed());
+        match &request_id {
+            Some(id) => add_request_id(resp, id).into(),
+            None => resp.into(),
+        }
+    };
+    let request = req.into_inner();
     let caller = match caller(&state, &headers).await {
         Ok(c) => c,
         // A wrong key is answered like a missing one, by every resolver that needs one.
         Err(DomainError::Unauthenticated) => None,
         Err(e) => {
-            GRAPHQL_ERRORS.fetch_add(1, Ordering::Relaxed);
             let err = gql(e).into_server_error(async_graphql::Pos::default());
-            return async_graphql::Response::from_errors(vec![err]).into();
+            let operation = request.operation_name.clone();
+            return finish(async_graphql::Response::from_errors(vec![err]), operation);
         }
     };
     let now = state.clock.now();
     let loaders = Loaders::new(&state.db, now);
-    let request = req
-        .into_inner()
+    let slot = OperationSlot::default();
+    let request = request
         .data(Req {
             state: state.clone(),
             caller,
             now,
         })
-        .data(loaders);
+        .data(loaders)
+        .data(slot.clone());
     let resp = state.schema.execute(request).await;
-    if resp.is_err() {
-        GRAPHQL_ERRORS.fetch_add(1, Ordering::Relaxed);
-    }
-    resp.into()
+    finish(resp, slot.get())
 }
 
 /// What a WebSocket connection refused for its key is told (a close frame's reason,
@@ -221,26 +236,12 @@ fn init_payload_key(payload: &Value) -> Option<String> {
     Some(key.trim().to_owned())
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.db.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(e) => {
-            tracing::warn!(error = %e, "database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
-        }
-    }
+/// 200 when the database and the job queue both answer; 503 naming what failed.
+async fn readyz(State(state): State<AppState>) -> Response {
+    daypass_worker::ops::readyz_response(&state.workers).await
 }
 
-async fn metrics() -> impl IntoResponse {
-    let body = format!(
-        "# HELP daypass_graphql_requests_total GraphQL requests received.\n\
-         # TYPE daypass_graphql_requests_total counter\n\
-         daypass_graphql_requests_total {}\n\
-         # HELP daypass_graphql_errors_total GraphQL responses carrying errors.\n\
-         # TYPE daypass_graphql_errors_total counter\n\
-         daypass_graphql_errors_total {}\n",
-        GRAPHQL_REQUESTS.load(Ordering::Relaxed),
-        GRAPHQL_ERRORS.load(Ordering::Relaxed),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+/// Prometheus text format: this process's series, the embedded workers' included.
+async fn metrics(State(state): State<AppState>) -> Response {
+    daypass_worker::ops::metrics_response(&state.workers).await
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod graphql;
 pub mod http;
 pub mod state;
+pub mod telemetry;
 pub mod usage_csv;
 
 use config::Config;
@@ -18,6 +19,7 @@ pub async fn start(
     if config.test_clock && config.env == "production" {
         anyhow::bail!("DAYPASS_TEST_CLOCK cannot be used with DAYPASS_ENV=production");
     }
+    daypass_worker::ops::metrics_handle();
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
     let state = AppState::new(db, config).await?;
@@ -25,6 +27,9 @@ pub async fn start(
     Ok((listener.local_addr()?, state, listener))
 }
 
+/// Logs to stderr: human-readable lines, or with `json` one JSON object a line whose
+/// `span` and `spans` fields carry the enclosing spans' fields (a request's
+/// `request_id` among them).
 pub fn init_tracing(format: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -32,7 +37,11 @@ pub fn init_tracing(format: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
-        builder.json().try_init()
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init()
     } else {
         builder.try_init()
     };

@@ -51,12 +51,13 @@ const ROWS_PER_CHUNK: usize = 1_000;
 
 pub async fn usage_csv(
     State(state): State<AppState>,
+    request_id: Option<axum::Extension<crate::telemetry::RequestId>>,
     headers: HeaderMap,
     params: Result<Query<CsvParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     match answer(&state, &headers, params).await {
         Ok(r) => r,
-        Err(e) => http_error(e),
+        Err(e) => http_error(e, request_id.as_ref().map(|id| id.0.0.as_str())),
     }
 }
 

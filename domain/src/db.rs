@@ -47,7 +47,40 @@ impl WriteTx {
     }
 }
 
+/// How full one connection pool is (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `ledger` (the main pool) or `records` (opens that move no tokens).
+    pub name: &'static str,
+    /// Connections open, idle or in use.
+    pub size: u32,
+    pub idle: usize,
+}
+
+fn pool_stats_of(name: &'static str, conn: &DatabaseConnection) -> PoolStats {
+    let (size, idle) = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            let pool = conn.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => {
+            let pool = conn.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+    };
+    PoolStats { name, size, idle }
+}
+
 impl Db {
+    /// The size and idle connections of each pool.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        let mut stats = vec![pool_stats_of("ledger", &self.conn)];
+        if let Some(records) = &self.records {
+            stats.push(pool_stats_of("records", records));
+        }
+        stats
+    }
+
     /// Connects to `sqlite://…` or `postgres://…`. SQLite gets WAL, a generous busy
     /// timeout and foreign keys, and `synchronous = FULL`: a committed purchase or charge
     /// survives a power loss, not only a crash of the process.

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";
@@ -129,6 +129,8 @@ pub struct TestServer {
     pub base_url: String,
     pub database_url: String,
     child: Child,
+    /// The server's stderr lines, when started with [`TestServer::start_capturing_stderr`].
+    stderr: Option<Arc<Mutex<Vec<String>>>>,
     _dir: Option<tempfile::TempDir>,
     client: reqwest::Client,
 }
@@ -150,6 +152,27 @@ impl TestServer {
     /// already written to). Like [`start_with`](Self::start_with), only `env` is
     /// added to the operator key, the free port and the log level.
     pub async fn start_on(database_url: &str, env: &[(&str, &str)]) -> TestServer {
+        Self::spawn(database_url, env, false).await
+    }
+
+    /// Like [`start_with`](Self::start_with), and keeps every line the server writes
+    /// to stderr (its logs) for [`stderr_lines`](Self::stderr_lines).
+    pub async fn start_capturing_stderr(env: &[(&str, &str)]) -> TestServer {
+        let (database_url, dir) = TestDb::fresh_url().await;
+        let mut server = Self::spawn(&database_url, env, true).await;
+        server._dir = dir;
+        server
+    }
+
+    /// The stderr lines written so far (empty unless capturing).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr
+            .as_ref()
+            .map(|lines| lines.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    async fn spawn(database_url: &str, env: &[(&str, &str)], capture_stderr: bool) -> TestServer {
         let database_url = database_url.to_owned();
         let bin = daypass_binary();
         let mut cmd = Command::new(bin);
@@ -159,11 +182,25 @@ impl TestServer {
             .env("DAYPASS_OPERATOR_KEY", OPERATOR_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start daypass");
+        let stderr = child.stderr.take().map(|pipe| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        });
         let addr = wait_for_line(&mut child, "listening on ", "daypass").await;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -173,6 +210,7 @@ impl TestServer {
             base_url: format!("http://{addr}"),
             database_url,
             child,
+            stderr,
             _dir: None,
             client,
         }
@@ -221,6 +259,11 @@ impl TestServer {
         sigterm(self.child.id());
         wait_exit(&mut self.child, timeout).await
     }
+
+    /// Waits up to `timeout` for the process to exit (`None`: still running).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.child, timeout).await
+    }
 }
 
 /// The real `daypass-worker` binary: the background workers alone, as on a machine
@@ -229,6 +272,8 @@ pub struct TestWorker {
     database_url: String,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// `http://…` of its metrics listener, when DAYPASS_METRICS_LISTEN is given.
+    pub metrics_url: Option<String>,
 }
 
 impl TestWorker {
@@ -242,6 +287,7 @@ impl TestWorker {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            metrics_url: None,
         };
         worker.spawn().await;
         worker
@@ -257,7 +303,11 @@ impl TestWorker {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start daypass-worker");
-        wait_for_line(&mut child, "daypass-worker running", "daypass-worker").await;
+        let rest = wait_for_line(&mut child, "daypass-worker running", "daypass-worker").await;
+        // "daypass-worker running; metrics on ADDR" when it has a metrics listener.
+        self.metrics_url = rest
+            .split_once("metrics on ")
+            .map(|(_, addr)| format!("http://{}", addr.trim()));
         self.child = Some(child);
     }
 

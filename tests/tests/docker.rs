@@ -352,11 +352,23 @@ fn depends_on_conditions_can_be_met() {
             }
         }
     }
-    // The image's check asks /healthz over HTTP; daypass-worker serves none.
+    // The image's check asks the API port; a worker serves /healthz only on its own
+    // listener (DAYPASS_METRICS_LISTEN), so its check must ask that port.
     for s in worker_services(&services) {
+        let listen = s.env_var("DAYPASS_METRICS_LISTEN");
+        let port = listen
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_owned())
+            .unwrap_or_else(|| panic!("{}: DAYPASS_METRICS_LISTEN {listen:?} has no port", s.name));
         assert!(
-            s.healthcheck_disabled(),
-            "{} runs daypass-worker, which serves no /healthz: disable its health check",
+            !s.healthcheck_disabled() && s.has_own_healthcheck(),
+            "{} needs its own health check on its metrics listener",
+            s.name
+        );
+        let test = format!("{:?}", s.def["healthcheck"]["test"]);
+        assert!(
+            test.contains(&format!(":{port}/healthz")),
+            "{}'s health check must ask /healthz on its listener's port {port}: {test}",
             s.name
         );
     }

@@ -11,6 +11,7 @@ mod invariants;
 mod live;
 mod load_bench;
 mod notifications;
+mod ops;
 mod reports;
 mod rules;
 mod scale;

@@ -12,6 +12,7 @@ pub mod email;
 pub mod expiry;
 pub mod mailer;
 pub mod notify;
+pub mod ops;
 pub mod queue;
 pub mod rollup;
 
@@ -100,7 +101,7 @@ async fn on_dispatch_tick(
     _tick: apalis_cron::Tick,
     deps: Data<WorkerDeps>,
 ) -> Result<(), BoxDynError> {
-    notify::dispatch_due(&deps).await?;
+    ops::record_cron_job("outbox_dispatch", notify::dispatch_due(&deps).await)?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `daypass-worker`: the background workers alone, for other machines than the API.
 
+use anyhow::Context as _;
 use clap::Parser;
 use daypass_domain::{Db, SystemClock};
 use daypass_worker::{WorkerConfig, WorkerDeps, run_until};
@@ -41,6 +42,10 @@ struct Args {
         default_value = "http://127.0.0.1:8080"
     )]
     public_url: String,
+    /// Address of an HTTP listener for `/metrics`, `/healthz` and `/readyz` (port 0
+    /// picks a free port, printed at start); unset: no listener.
+    #[arg(long, env = "DAYPASS_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// `json` for structured logs.
     #[arg(long, env = "DAYPASS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -74,15 +79,41 @@ async fn main() -> anyhow::Result<()> {
         public_url: args.public_url,
     };
     let deps = WorkerDeps::connect(db, Arc::new(SystemClock), &config).await?;
+    daypass_worker::ops::metrics_handle();
+    let listener = match args.metrics_listen.as_deref().filter(|a| !a.is_empty()) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on DAYPASS_METRICS_LISTEN {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
     tracing::info!(
         queue = deps.queue.as_ref().map_or("none", |q| q.backend_name()),
         mail = %deps.mailer.describe(),
+        metrics = %metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
         "daypass-worker running"
     );
-    println!("daypass-worker running");
-    run_until(deps, async {
+    match metrics_addr {
+        Some(addr) => println!("daypass-worker running; metrics on {addr}"),
+        None => println!("daypass-worker running"),
+    }
+    let ops = listener.map(|listener| {
+        let app = daypass_worker::ops::router(deps.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(daypass_worker::shutdown_signal())
+                .await
+        })
+    });
+    let result = run_until(deps, async {
         daypass_worker::shutdown_signal().await;
         tracing::info!("shutting down: finishing running jobs");
     })
-    .await
+    .await;
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    result
 }

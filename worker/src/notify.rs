@@ -30,6 +30,7 @@ pub async fn deliver(deps: &WorkerDeps, id: i32) -> daypass_domain::Result<Attem
         Ok(message) => deps.mailer.send(message).await,
         Err(e) => Err(e),
     };
+    crate::ops::record_email(if sent.is_ok() { "sent" } else { "failed" });
     match sent {
         Ok(()) => {
             notifications::mark_sent(&deps.db, id, deps.clock.now()).await?;

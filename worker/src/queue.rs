@@ -239,6 +239,47 @@ impl JobQueue {
         Ok(())
     }
 
+    /// Whether the queue's backend answers (a `SELECT 1` or a Redis `PING`).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match &self.storage {
+            QueueStorage::Sqlite(s) => {
+                sqlx::query("SELECT 1").execute(s.pool()).await?;
+            }
+            QueueStorage::Postgres(s) => {
+                sqlx::query("SELECT 1").execute(s.pool()).await?;
+            }
+            QueueStorage::Redis(s) => {
+                let mut s = s.clone();
+                let pong: String = redis::cmd("PING").query_async(s.get_connection()).await?;
+                if pong != "PONG" {
+                    bail!("unexpected answer to PING: {pong}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Jobs of this queue waiting and running, from the backend's own statistics.
+    pub async fn depth(&self) -> anyhow::Result<QueueDepth> {
+        use apalis::prelude::Metrics as _;
+        let stats = match &self.storage {
+            QueueStorage::Sqlite(s) => s.fetch_by_queue().await?,
+            QueueStorage::Postgres(s) => s.fetch_by_queue().await?,
+            QueueStorage::Redis(s) => s.fetch_by_queue().await?,
+        };
+        let value = |title: &str| {
+            stats
+                .iter()
+                .find(|s| s.title == title)
+                .and_then(|s| s.value.parse::<f64>().ok())
+                .map_or(0, |v| v.max(0.0) as u64)
+        };
+        Ok(QueueDepth {
+            pending: value("PENDING_JOBS"),
+            running: value("RUNNING_JOBS"),
+        })
+    }
+
     /// Registers a consumer of this queue on `monitor`: at most
     /// [`QueueConfig::concurrency`] jobs at once, at most [`QueueConfig::max_attempts`]
     /// attempts per job with exponential backoff in between. Call it on several
@@ -270,12 +311,22 @@ impl JobQueue {
     }
 }
 
+/// How many jobs a queue holds, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    pub pending: u64,
+    pub running: u64,
+}
+
 /// What every attempt needs.
 #[derive(Clone)]
 struct JobCtx {
     send: SendFn,
     max_attempts: usize,
 }
+
+/// The `job` label of the queue's jobs in the metrics.
+const JOB_KIND: &str = "send_notification";
 
 /// One attempt. A panic in `send` counts as a failed attempt; the last failed attempt
 /// is an [`AbortError`], which ends the job (status `Killed`) on every backend.
@@ -291,12 +342,17 @@ async fn run_job(
         .await
         .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
     match result {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            crate::ops::record_job(JOB_KIND, "succeeded");
+            Ok(())
+        }
         Err(e) if attempt >= ctx.max_attempts => {
+            crate::ops::record_job(JOB_KIND, "failed");
             tracing::warn!(notification_id = id, attempt, error = %e, "giving up sending notification");
             Err(AbortError::new(JobFailed(e)).into())
         }
         Err(e) => {
+            crate::ops::record_job(JOB_KIND, "retried");
             tracing::info!(notification_id = id, attempt, error = %e, "sending notification failed; will retry");
             Err(JobFailed(e).into())
         }

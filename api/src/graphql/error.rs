@@ -30,11 +30,15 @@ pub fn http_status_of(e: &DomainError) -> axum::http::StatusCode {
 
 /// A domain error as an HTTP answer with a GraphQL-shaped JSON body, so clients read
 /// `errors[0].extensions.code` everywhere.
-pub fn http_error(e: DomainError) -> axum::response::Response {
+pub fn http_error(e: DomainError, request_id: Option<&str>) -> axum::response::Response {
     use axum::response::IntoResponse;
     let status = http_status_of(&e);
     let err = gql(e).into_server_error(async_graphql::Pos::default());
-    (status, axum::Json(Response::from_errors(vec![err]))).into_response()
+    let mut resp = Response::from_errors(vec![err]);
+    if let Some(id) = request_id {
+        resp = add_request_id(resp, id);
+    }
+    (status, axum::Json(resp)).into_response()
 }
 
 /// Converts a domain error; internal details are logged, never shown.
@@ -80,4 +84,33 @@ pub fn add_missing_codes(mut resp: Response) -> Response {
         }
     }
     resp
+}
+
+/// Puts the request's id into every error's `extensions.requestId`, so a client can
+/// quote it and an operator find the request's log lines.
+pub fn add_request_id(mut resp: Response, request_id: &str) -> Response {
+    for err in &mut resp.errors {
+        err.extensions
+            .get_or_insert_with(Default::default)
+            .set("requestId", request_id);
+    }
+    resp
+}
+
+/// The first error's `extensions.code`, or `ok` without errors (the request metrics'
+/// outcome).
+pub fn outcome_of(resp: &Response) -> String {
+    match resp.errors.first() {
+        None => "ok".to_owned(),
+        Some(err) => err
+            .extensions
+            .as_ref()
+            .and_then(|ext| ext.get("code"))
+            .and_then(|code| match code {
+                async_graphql::Value::String(s) => Some(s.clone()),
+                async_graphql::Value::Enum(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "INTERNAL".to_owned()),
+    }
 }

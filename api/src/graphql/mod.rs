@@ -45,6 +45,7 @@ fn limited<Q, M, S>(b: SchemaBuilder<Q, M, S>, production: bool) -> SchemaBuilde
     let b = b
         .extension(FreshRequestPerExecution)
         .extension(parsed::ParsedDocuments::default())
+        .extension(crate::telemetry::OperationNames)
         .limit_depth(16)
         .limit_complexity(5_000)
         .limit_recursive_depth(32)

@@ -301,6 +301,7 @@ impl Mutation {
         let outcome = charging::open_product(r.db(), r.actor(), r.now, req)
             .await
             .gql()?;
+        crate::telemetry::record_open(&outcome);
         daypass_worker::notify::enqueue(&r.state.workers, &outcome.notifications).await;
         Ok(outcome.into())
     }
