@@ -104,6 +104,15 @@ pub struct Config {
         global = true
     )]
     pub env: String,
+    /// Mutations a minute per API key, bursts included (0: no limit). Stops scripted
+    /// or leaked keys from hammering purchases, user creation and opens.
+    #[arg(
+        long,
+        env = "DAYPASS_MUTATION_RATE",
+        default_value_t = 1200,
+        global = true
+    )]
+    pub mutation_rate: u32,
     /// `json` for structured logs.
     #[arg(long, env = "DAYPASS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     pub log_format: String,

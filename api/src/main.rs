@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Schema => {
-            let schema = daypass_api::graphql::AppSchema::build(config.test_clock, false);
+            let schema = daypass_api::graphql::AppSchema::build(config.test_clock, false, 0);
             print!("{}", schema.sdl());
         }
         Command::Migrate => {

@@ -37,7 +37,11 @@ impl AppState {
             clock,
             test_clock,
             operator_key: OperatorKey::new(config.operator_key.as_deref()),
-            schema: AppSchema::build(config.test_clock, config.env == "production"),
+            schema: AppSchema::build(
+                config.test_clock,
+                config.env == "production",
+                config.mutation_rate,
+            ),
             workers,
             balance_feed,
         })

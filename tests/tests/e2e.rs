@@ -1098,3 +1098,49 @@ async fn a_deactivated_user_loses_access_in_every_process_within_five_seconds() 
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 7: a key may make at most `DAYPASS_MUTATION_RATE` changes a minute. Past it,
+/// a mutation is refused before any resolver runs (nothing changes), while queries
+/// and other keys go on.
+#[tokio::test]
+async fn mutations_past_the_per_key_rate_are_refused_and_change_nothing() {
+    let s = TestServer::start_with(&[
+        ("DAYPASS_MUTATION_RATE", "4"),
+        ("DAYPASS_ENV", "production"),
+    ])
+    .await;
+    upsert_product(&s, "cad", 2).await;
+    let (_, admin_id, admin) = create_account(&s, "Limited").await;
+    let (member_id, member) = create_user(&s, &admin, "m@limited.test", "MEMBER").await;
+    s.ok(
+        Some(&admin),
+        "mutation($ids: [ID!]!) { assignFlex(userIds: $ids, assigned: true) { id } }",
+        json!({"ids": [member_id, admin_id]}),
+    )
+    .await;
+    let buy = "mutation($k: String!) { purchaseTokens(input: {quantity: 10, idempotencyKey: $k}) { id } }";
+    // Two more changes fit in the admin's four a minute.
+    for k in ["a", "b"] {
+        s.ok(Some(&admin), buy, json!({"k": k})).await;
+    }
+    let refused = s.gql(Some(&admin), buy, json!({"k": "c"})).await;
+    let err = &refused["errors"][0];
+    assert_eq!(err["extensions"]["code"], "FORBIDDEN", "{refused:#}");
+    assert_eq!(err["extensions"]["reason"], "RATE_LIMITED", "{refused:#}");
+    assert!(
+        err["extensions"]["retryAfterSeconds"]
+            .as_u64()
+            .is_some_and(|s| (1..=60).contains(&s)),
+        "{refused:#}"
+    );
+    assert!(refused["data"].is_null(), "no resolver ran: {refused:#}");
+    // Nothing changed, queries still answer, and the member's own key is not limited.
+    assert_eq!(balance(&s, &admin).await, 20);
+    let r = open(&s, &member, "cad", None).await;
+    assert_eq!(r["granted"], true, "{r:#}");
+    assert_eq!(balance(&s, &admin).await, 18);
+    assert_eq!(
+        s.gql(Some(&admin), buy, json!({"k": "d"})).await["errors"][0]["extensions"]["reason"],
+        "RATE_LIMITED"
+    );
+}

@@ -6,6 +6,7 @@ pub mod loaders;
 pub mod mutation;
 pub mod parsed;
 pub mod query;
+pub mod rate;
 pub mod reports;
 pub mod subscription;
 pub mod types;
@@ -41,9 +42,17 @@ pub enum AppSchema {
 
 /// Limits against hostile queries, and a fresh caller and instant for every
 /// execution on a WebSocket connection.
-fn limited<Q, M, S>(b: SchemaBuilder<Q, M, S>, production: bool) -> SchemaBuilder<Q, M, S> {
+fn limited<Q, M, S>(
+    b: SchemaBuilder<Q, M, S>,
+    production: bool,
+    mutation_rate: u32,
+) -> SchemaBuilder<Q, M, S> {
+    let mut b = b.extension(FreshRequestPerExecution);
+    // Before the parsed-document cache, so a cached mutation is counted too.
+    if let Some(rate) = rate::MutationRate::new(mutation_rate) {
+        b = b.extension(rate);
+    }
     let b = b
-        .extension(FreshRequestPerExecution)
         .extension(parsed::ParsedDocuments::default())
         .extension(crate::telemetry::OperationNames)
         .limit_depth(16)
@@ -58,13 +67,14 @@ fn limited<Q, M, S>(b: SchemaBuilder<Q, M, S>, production: bool) -> SchemaBuilde
 }
 
 impl AppSchema {
-    pub fn build(test_clock: bool, production: bool) -> AppSchema {
+    /// `mutation_rate`: mutations a minute per API key (0: no limit).
+    pub fn build(test_clock: bool, production: bool, mutation_rate: u32) -> AppSchema {
         if test_clock {
             let b = Schema::build(query::Query, MutationWithClock::default(), Subscription);
-            AppSchema::WithClock(limited(b, production).finish())
+            AppSchema::WithClock(limited(b, production, mutation_rate).finish())
         } else {
             let b = Schema::build(query::Query, PlainMutation::default(), Subscription);
-            AppSchema::Plain(limited(b, production).finish())
+            AppSchema::Plain(limited(b, production, mutation_rate).finish())
         }
     }
 
@@ -116,7 +126,7 @@ mod tests {
     /// `cargo run -q -- schema > api/schema.graphql` when the schema changes on purpose.
     #[test]
     fn committed_sdl_matches_the_served_schema() {
-        let served = AppSchema::build(false, false).sdl();
+        let served = AppSchema::build(false, false, 0).sdl();
         let committed = include_str!("../../schema.graphql");
         assert!(
             served == committed,
@@ -126,8 +136,8 @@ mod tests {
 
     #[test]
     fn test_clock_mutations_exist_only_when_enabled() {
-        let plain = AppSchema::build(false, false).sdl();
-        let clock = AppSchema::build(true, false).sdl();
+        let plain = AppSchema::build(false, false, 0).sdl();
+        let clock = AppSchema::build(true, false, 0).sdl();
         assert!(!plain.contains("advanceClock") && !plain.contains("runMaintenance"));
         assert!(
             clock.contains("advanceClock(hours: Int!): DateTime!")
