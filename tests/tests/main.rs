@@ -7,6 +7,7 @@ mod concurrency;
 mod crashes;
 mod docker;
 mod e2e;
+mod hostile;
 mod invariants;
 mod live;
 mod load_bench;

@@ -47,12 +47,10 @@ fn limited<Q, M, S>(
     production: bool,
     mutation_rate: u32,
 ) -> SchemaBuilder<Q, M, S> {
-    let mut b = b.extension(FreshRequestPerExecution);
-    // Before the parsed-document cache, so a cached mutation is counted too.
-    if let Some(rate) = rate::MutationRate::new(mutation_rate) {
-        b = b.extension(rate);
-    }
     let b = b
+        .extension(FreshRequestPerExecution)
+        // Before the parsed-document cache, so a cached mutation is counted too.
+        .extension(rate::MutationRate::new(mutation_rate))
         .extension(parsed::ParsedDocuments::default())
         .extension(crate::telemetry::OperationNames)
         .limit_depth(16)

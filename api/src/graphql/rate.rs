@@ -1,12 +1,19 @@
-//! Per-key rate limits on mutations (`DAYPASS_MUTATION_RATE`): a caller may change
-//! at most that many things a minute (bursts included), so a leaked or scripted key
-//! cannot hammer purchases, user creation or opens. Queries are never limited. A
-//! refused mutation runs no resolver: FORBIDDEN with `extensions.reason =
-//! "RATE_LIMITED"` and `retryAfterSeconds`.
+//! Limits on changes, checked before any resolver runs:
+//! - a document changes at most [`MAX_CHANGES_PER_REQUEST`] things (root mutation
+//!   fields, aliases and fragments counted): otherwise 2,000 aliases of one mutation
+//!   would run 2,000 changes in one request (BAD_USER_INPUT);
+//! - per key, at most `DAYPASS_MUTATION_RATE` changes a minute (bursts included), so
+//!   a leaked or scripted key cannot hammer purchases, user creation or opens:
+//!   FORBIDDEN with `extensions.reason = "RATE_LIMITED"` and `retryAfterSeconds`.
+//!
+//! Queries are never limited here (depth, complexity and aliases are the schema's
+//! limits).
 
 use super::context::Req;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
 use async_graphql::{ErrorExtensionValues, ServerError, ServerResult, Variables};
 use daypass_domain::Actor;
 use governor::clock::{Clock, DefaultClock};
@@ -17,20 +24,24 @@ use std::sync::Arc;
 /// Callers remembered before the limiter forgets the ones that are back to full.
 const FORGET_ABOVE: usize = 10_000;
 
+/// The most root mutation fields one document may hold.
+pub const MAX_CHANGES_PER_REQUEST: usize = 16;
+
 #[derive(Clone)]
 pub struct MutationRate {
     per_minute: u32,
-    limiter: Arc<DefaultKeyedRateLimiter<i64>>,
+    /// `None`: no per-key limit (`DAYPASS_MUTATION_RATE=0`).
+    limiter: Option<Arc<DefaultKeyedRateLimiter<i64>>>,
 }
 
 impl MutationRate {
-    /// `None` when `per_minute` is 0 (no limit).
-    pub fn new(per_minute: u32) -> Option<MutationRate> {
-        let n = NonZeroU32::new(per_minute)?;
-        Some(MutationRate {
+    /// `per_minute` 0: no per-key limit (the per-request one stays).
+    pub fn new(per_minute: u32) -> MutationRate {
+        MutationRate {
             per_minute,
-            limiter: Arc::new(DefaultKeyedRateLimiter::keyed(Quota::per_minute(n))),
-        })
+            limiter: NonZeroU32::new(per_minute)
+                .map(|n| Arc::new(DefaultKeyedRateLimiter::keyed(Quota::per_minute(n)))),
+        }
     }
 }
 
@@ -40,14 +51,54 @@ impl ExtensionFactory for MutationRate {
     }
 }
 
-fn changes_something(doc: &ExecutableDocument) -> bool {
-    match &doc.operations {
-        DocumentOperations::Single(op) => op.node.ty == OperationType::Mutation,
-        // Which one runs is not known yet: a document holding any mutation counts.
-        DocumentOperations::Multiple(ops) => {
-            ops.values().any(|op| op.node.ty == OperationType::Mutation)
-        }
+/// Root fields of a selection set, through inline fragments and fragment spreads
+/// (a spread is expanded at most `depth` times deep: the schema's limits refuse deeper
+/// documents anyway).
+fn root_fields(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> usize {
+    if depth == 0 {
+        return MAX_CHANGES_PER_REQUEST + 1;
     }
+    set.items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(_) => 1,
+            Selection::InlineFragment(f) => root_fields(doc, &f.node.selection_set.node, depth - 1),
+            Selection::FragmentSpread(spread) => doc
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map_or(0, |f| {
+                    root_fields(doc, &f.node.selection_set.node, depth - 1)
+                }),
+        })
+        .fold(0, usize::saturating_add)
+}
+
+/// How many changes the document asks for: the root fields of its mutations (which
+/// one runs is not known yet, so every mutation of the document counts).
+fn changes_asked(doc: &ExecutableDocument) -> usize {
+    let mutations: Vec<&SelectionSet> = match &doc.operations {
+        DocumentOperations::Single(op) => vec![&op.node],
+        DocumentOperations::Multiple(ops) => ops.values().map(|op| &op.node).collect(),
+    }
+    .into_iter()
+    .filter(|op| op.ty == OperationType::Mutation)
+    .map(|op| &op.selection_set.node)
+    .collect();
+    mutations
+        .into_iter()
+        .map(|set| root_fields(doc, set, 32))
+        .fold(0, usize::saturating_add)
+}
+
+fn refusal(message: String, code: &str, extra: &[(&str, async_graphql::Value)]) -> ServerError {
+    let mut err = ServerError::new(message, None);
+    let mut ext = ErrorExtensionValues::default();
+    ext.set("code", code);
+    for (k, v) in extra {
+        ext.set(*k, v.clone());
+    }
+    err.extensions = Some(ext);
+    err
 }
 
 #[async_graphql::async_trait::async_trait]
@@ -60,37 +111,49 @@ impl Extension for MutationRate {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
-        if !changes_something(&doc) {
+        let changes = changes_asked(&doc);
+        if changes == 0 {
             return Ok(doc);
         }
+        if changes > MAX_CHANGES_PER_REQUEST {
+            return Err(refusal(
+                format!(
+                    "a request may make at most {MAX_CHANGES_PER_REQUEST} changes (root mutation fields); this one asks for {changes}"
+                ),
+                "BAD_USER_INPUT",
+                &[],
+            ));
+        }
+        let Some(limiter) = &self.limiter else {
+            return Ok(doc);
+        };
         // Without a valid key the resolvers refuse anyway (UNAUTHENTICATED).
         let key = match ctx.data_opt::<Req>().and_then(|r| r.caller.as_ref()) {
             Some(Actor::User(u)) => i64::from(u.user_id),
             Some(Actor::Operator) => -1,
             None => return Ok(doc),
         };
-        if self.limiter.len() > FORGET_ABOVE {
-            self.limiter.retain_recent();
+        if limiter.len() > FORGET_ABOVE {
+            limiter.retain_recent();
         }
-        match self.limiter.check_key(&key) {
-            Ok(()) => Ok(doc),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let retry_after = wait.as_secs() + 1;
-                let mut err = ServerError::new(
-                    format!(
-                        "too many changes: at most {} mutations a minute per API key; retry in {retry_after} s",
-                        self.per_minute
-                    ),
-                    None,
-                );
-                let mut ext = ErrorExtensionValues::default();
-                ext.set("code", "FORBIDDEN");
-                ext.set("reason", "RATE_LIMITED");
-                ext.set("retryAfterSeconds", retry_after);
-                err.extensions = Some(ext);
-                Err(err)
-            }
-        }
+        let n = NonZeroU32::new(changes as u32).unwrap_or(NonZeroU32::MIN);
+        let wait = match limiter.check_key_n(&key, n) {
+            Ok(Ok(())) => return Ok(doc),
+            Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
+            // More changes than the whole burst: never possible for this key.
+            Err(_) => std::time::Duration::from_secs(60),
+        };
+        let retry_after = wait.as_secs() + 1;
+        Err(refusal(
+            format!(
+                "too many changes: at most {} mutations a minute per API key; retry in {retry_after} s",
+                self.per_minute
+            ),
+            "FORBIDDEN",
+            &[
+                ("reason", "RATE_LIMITED".into()),
+                ("retryAfterSeconds", retry_after.into()),
+            ],
+        ))
     }
 }
