@@ -624,21 +624,24 @@ async fn emails_sent_and_failed_are_counted() {
         emails("sent"),
     )
     .await;
-    assert_eq!(
-        value(&m, "daypass_emails_total", &[("outcome", "sent")]),
-        Some(1.0)
+    // Delivery is at least once: a slow first delivery may be sent again by the
+    // outbox's next tick, with the same Message-ID (one file). Each counts.
+    assert!(
+        value(&m, "daypass_emails_total", &[("outcome", "sent")]).is_some_and(|n| n >= 1.0),
+        "the e-mail is counted as sent"
     );
     assert_eq!(
         value(&m, "daypass_emails_total", &[("outcome", "failed")]),
         None
     );
-    assert_eq!(
+    assert!(
         value(
             &m,
             "daypass_jobs_total",
             &[("job", "send_notification"), ("outcome", "succeeded")]
-        ),
-        Some(1.0)
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the job is counted as succeeded"
     );
     assert_eq!(std::fs::read_dir(mail.path()).unwrap().count(), 1);
 
