@@ -105,19 +105,24 @@ async fn on_dispatch_tick(
     Ok(())
 }
 
+/// A monitor whose workers come back when a passing error stops them (say, the
+/// database was locked or unreachable during a poll or a heartbeat) instead of
+/// staying down.
+pub fn restarting_monitor() -> Monitor {
+    Monitor::new()
+        .shutdown_timeout(Duration::from_secs(30))
+        .should_restart(|ctx, error| {
+            tracing::warn!(worker = %ctx.name(), %error, "worker stopped with an error; restarting");
+            true
+        })
+}
+
 /// One place that registers every job.
 pub fn build_monitor(deps: WorkerDeps) -> Monitor {
     let sweep_deps = deps.clone();
     let dispatch_deps = deps.clone();
     let rollup_deps = deps.clone();
-    let mut monitor = Monitor::new()
-        .shutdown_timeout(Duration::from_secs(30))
-        // A worker stopped by a passing error (say, the database was briefly
-        // unreachable during a heartbeat) comes back instead of staying down.
-        .should_restart(|ctx, error| {
-            tracing::warn!(worker = %ctx.name(), %error, "worker stopped with an error; restarting");
-            true
-        })
+    let mut monitor = restarting_monitor()
         .register(move |_restarts| {
             WorkerBuilder::new("expiry-sweep")
                 .backend(expiry::scheduler())

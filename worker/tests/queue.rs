@@ -581,7 +581,8 @@ async fn sqlite_queue_shares_the_ledger_file() {
             }
         })
     };
-    let running = start(queue.register_consumer(Monitor::new(), send));
+    // As in production (`build_monitor`): a worker stopped by the locked file comes back.
+    let running = start(queue.register_consumer(daypass_worker::restarting_monitor(), send));
 
     // The ledger takes the write lock (BEGIN IMMEDIATE) and keeps it for 6 s, while
     // the consumer polls and heart-beats and a producer pushes.
