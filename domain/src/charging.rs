@@ -2,7 +2,6 @@
 //! assignment, restrictions, 24-hour windows and charges.
 
 use crate::access::Actor;
-use crate::accounts::{Plans, plans_of_accounts};
 use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
 use crate::events::announce_balance_changes;
@@ -10,7 +9,6 @@ use crate::group::{BatchFuture, GroupCommit};
 use crate::kinds::{AccessSource, DenyReason, LedgerKind, LotStatus, PlanLevel, Role};
 use crate::notifications;
 use crate::rules::{self, SpendableLot};
-use crate::users::allowed_product_ids;
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, charge, ledger_entry, lot, open, product, user, window};
 use sea_orm::{
@@ -97,7 +95,7 @@ pub async fn open_product(
         .submit(db, 0, asked)
         .await?
         .ok_or(DomainError::Unauthenticated)?;
-    let decision = decide(db, &user, product.as_ref(), &situation, now).await?;
+    let decision = decide(&user, product.as_ref(), &situation, now);
     let record = OpenRecord {
         account_id: user.account_id,
         user_id: user.id,
@@ -138,6 +136,11 @@ pub async fn open_product(
 /// one round trip: the reads of rules 7–10 and the answer's balance and plan level).
 struct Situation {
     account_restricts_products: bool,
+    /// Rule 8: the product is on the account-wide list, and on the user's own list
+    /// (read in the same statement as the flags, so a list being replaced is seen
+    /// whole or not at all).
+    account_list_has_product: bool,
+    user_list_has_product: bool,
     /// The end of the user's last window for the product, covering `now` or not.
     window_ends_at: Option<DateTime<Utc>>,
     /// Rule 9: the user holds a seat of a subscription to the product active at `now`.
@@ -189,6 +192,10 @@ fn situations_sql(n: usize) -> String {
          SELECT asked.i AS asked, {}, {}, \
          (SELECT restricts_products FROM accounts WHERE id = u.account_id) \
           AS account_restricts, \
+         EXISTS (SELECT 1 FROM allowed_products a WHERE a.account_id = u.account_id \
+          AND a.user_id IS NULL AND a.product_id = p.id) AS account_lists, \
+         EXISTS (SELECT 1 FROM allowed_products a WHERE a.account_id = u.account_id \
+          AND a.user_id = u.id AND a.product_id = p.id) AS user_lists, \
          (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
           AS window_ends_at, \
          (SELECT COUNT(*) FROM subscription_seats s \
@@ -258,6 +265,8 @@ async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> Result<Vec<
             account_restricts_products: row
                 .try_get::<Option<bool>>("", "account_restricts")?
                 .unwrap_or(false),
+            account_list_has_product: row.try_get("", "account_lists")?,
+            user_list_has_product: row.try_get("", "user_lists")?,
             window_ends_at: row.try_get("", "window_ends_at")?,
             has_seat: row.try_get::<i64>("", "seats")? > 0,
             balance: row.try_get("", "balance")?,
@@ -335,48 +344,43 @@ fn run_charges(db: Db, _key: i32, items: Vec<ChargeRequest>) -> BatchFuture<Open
     Box::pin(async move { charge_batch(&db, items).await })
 }
 
-/// Rules 7–10 in the order, without writing anything.
-async fn decide(
-    db: &Db,
+/// Rules 7–10 in the order, on what one read saw.
+fn decide(
     user: &user::Model,
     product: Option<&product::Model>,
     situation: &Situation,
     now: DateTime<Utc>,
-) -> Result<Decision> {
-    let Some(product) = product else {
-        return Ok(Decision::Deny(DenyReason::UnknownProduct));
-    };
+) -> Decision {
+    if product.is_none() {
+        return Decision::Deny(DenyReason::UnknownProduct);
+    }
     if !user.active {
-        return Ok(Decision::Deny(DenyReason::UserDeactivated));
+        return Decision::Deny(DenyReason::UserDeactivated);
     }
     if situation.has_seat {
-        return Ok(Decision::Subscription);
+        return Decision::Subscription;
     }
     if !user.flex_assigned {
-        return Ok(Decision::Deny(DenyReason::NotAssigned));
+        return Decision::Deny(DenyReason::NotAssigned);
     }
     // Rule 8: a user's own list overrides the account's; no list allows everything.
     let allowed = if user.restricts_products {
-        allowed_product_ids(db.conn(), user.account_id, Some(user.id))
-            .await?
-            .contains(&product.id)
+        situation.user_list_has_product
     } else if situation.account_restricts_products {
-        allowed_product_ids(db.conn(), user.account_id, None)
-            .await?
-            .contains(&product.id)
+        situation.account_list_has_product
     } else {
         true
     };
     if !allowed {
-        return Ok(Decision::Deny(DenyReason::ProductRestricted));
+        return Decision::Deny(DenyReason::ProductRestricted);
     }
     if let Some(ends_at) = situation
         .window_ends_at
         .filter(|&ends_at| rules::window_covers(ends_at, now))
     {
-        return Ok(Decision::InsideWindow(ends_at));
+        return Decision::InsideWindow(ends_at);
     }
-    Ok(Decision::Charge)
+    Decision::Charge
 }
 
 /// A charging open waiting for its account's next batch.
@@ -387,11 +391,15 @@ struct ChargeRequest {
 
 /// What one open of a batch comes to, decided in memory under the account's lock.
 enum Planned {
+    /// Rules 7–9 decided otherwise under the lock than before it.
+    Refused(DenyReason),
+    Subscription,
     Reopen(DateTime<Utc>),
     Denied {
         balance: i64,
     },
     Charge {
+        tokens: i64,
         draws: Vec<rules::Draw>,
         window_ends_at: DateTime<Utc>,
         balance_before: i64,
@@ -554,19 +562,36 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
         let of_account = rows.remove(&account_id).unwrap_or_default();
         lots.insert(account_id, AccountLots::new(of_account));
     }
-    let plans = plans_of_accounts(&*tx, &account_ids, earliest).await?;
-    let user_ids: Vec<i32> = items.iter().map(|i| i.record.user_id).collect();
-    // The users' windows as the database has them, then as this batch moves them.
-    let mut windows: HashMap<(i32, i32), DateTime<Utc>> = window::Entity::find()
-        .filter(window::Column::UserId.is_in(user_ids))
-        .all(&*tx)
-        .await?
-        .into_iter()
-        .map(|w| ((w.user_id, w.product_id), w.ends_at))
+    // Rules 7–10 again under the accounts' locks, which every change to who may open
+    // what also takes: between the first read and now an admin may have taken the
+    // user off pay-as-you-go, restricted the product or given a seat, a concurrent
+    // open may have charged. The answer is what holds at the charge, so the open is
+    // linearizable with those changes.
+    let asked: Vec<Asked> = items
+        .iter()
+        .map(|i| Asked {
+            user_id: i.record.user_id,
+            code: i.record.code.clone(),
+            now: i.record.now,
+        })
         .collect();
+    // The users' windows as the database has them, then as this batch moves them.
+    let mut windows: HashMap<(i32, i32), DateTime<Utc>> = HashMap::new();
+    let mut decided = Vec::with_capacity(items.len());
+    for (item, found) in items.iter().zip(situations(&*tx, &asked).await?) {
+        let (user, product, situation) =
+            found.ok_or_else(|| DomainError::Internal("the user of an open vanished".into()))?;
+        let decision = decide(&user, product.as_ref(), &situation, item.record.now);
+        if let (Some(product), Some(ends_at)) = (&product, situation.window_ends_at) {
+            windows.entry((user.id, product.id)).or_insert(ends_at);
+        }
+        // The daily rate as the catalog has it now.
+        let rate = product.map_or(item.product.daily_rate, |p| p.daily_rate);
+        decided.push((decision, rate, situation.plan_level));
+    }
 
     let mut planned = Vec::with_capacity(items.len());
-    for item in items {
+    for (item, (decision, rate, _)) in items.iter().zip(&decided) {
         let ChargeRequest { record, product } = *item;
         let now = record.now;
         let key = (record.user_id, product.id);
@@ -577,13 +602,16 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
             .get_mut(&record.account_id)
             .ok_or_else(|| DomainError::Internal("an account without its lots".into()))?;
         let balance_before = lots.balance_at(now);
-        let plan = match windows
+        let covering = windows
             .get(&key)
             .copied()
-            .filter(|&ends_at| rules::window_covers(ends_at, now))
-        {
-            Some(ends_at) => Planned::Reopen(ends_at),
-            None => match lots.draw(product.daily_rate, now)? {
+            .filter(|&ends_at| rules::window_covers(ends_at, now));
+        let plan = match (decision, covering) {
+            (Decision::Deny(reason), _) => Planned::Refused(*reason),
+            (Decision::Subscription, _) => Planned::Subscription,
+            (Decision::InsideWindow(ends_at), _) => Planned::Reopen(*ends_at),
+            (Decision::Charge, Some(ends_at)) => Planned::Reopen(ends_at),
+            (Decision::Charge, None) => match lots.draw(*rate, now)? {
                 None => Planned::Denied {
                     balance: balance_before,
                 },
@@ -591,6 +619,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
                     let window_ends_at = now + rules::WINDOW;
                     windows.insert(key, window_ends_at);
                     Planned::Charge {
+                        tokens: *rate,
                         draws,
                         window_ends_at,
                         balance_before,
@@ -607,6 +636,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
         charge::Entity::insert_many(items.iter().zip(&planned).filter_map(|(item, (plan, _))| {
             match plan {
                 Planned::Charge {
+                    tokens,
                     draws,
                     window_ends_at,
                     ..
@@ -615,7 +645,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
                     user_id: Set(item.record.user_id),
                     product_id: Set(item.product.id),
                     version: Set(item.record.version.clone()),
-                    tokens: Set(item.product.daily_rate),
+                    tokens: Set(*tokens),
                     cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum()),
                     window_starts_at: Set(item.record.now),
                     window_ends_at: Set(*window_ends_at),
@@ -672,12 +702,15 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
     let mut answers = Vec::with_capacity(items.len());
     let mut records = Vec::with_capacity(items.len());
     let mut exhausted_told: Vec<i32> = Vec::new();
-    let no_plans = Plans::default();
-    for (item, (plan, balance_after)) in items.iter().zip(planned) {
+    for ((item, (plan, balance_after)), (_, _, plan_level)) in
+        items.iter().zip(planned).zip(decided)
+    {
         let now = item.record.now;
         let account = &accounts[&item.record.account_id];
         let mut notes = Vec::new();
         let outcome = match plan {
+            Planned::Refused(reason) => Outcome::Denied(reason),
+            Planned::Subscription => Outcome::Subscription,
             Planned::Reopen(ends_at) => Outcome::Reopen(ends_at),
             Planned::Denied { balance } => {
                 // At most one a day per account: the account's first denial asks.
@@ -688,6 +721,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
                 Outcome::Denied(DenyReason::InsufficientTokens)
             }
             Planned::Charge {
+                tokens,
                 window_ends_at,
                 balance_before,
                 threshold,
@@ -699,7 +733,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
                         &*tx,
                         account,
                         balance_before,
-                        balance_before - item.product.daily_rate,
+                        balance_before - tokens,
                         threshold,
                         charge_id,
                         now,
@@ -708,13 +742,12 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
                 );
                 Outcome::Charged {
                     charge_id,
-                    tokens: item.product.daily_rate,
+                    tokens,
                     window_ends_at,
                 }
             }
         };
         records.push(item.record.model(outcome));
-        let plan_level = plans.get(&account.id).unwrap_or(&no_plans).at(now);
         let mut answer = OpenOutcome::of(outcome, balance_after, plan_level);
         answer.notifications = notes;
         answers.push(answer);

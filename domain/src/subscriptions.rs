@@ -40,6 +40,8 @@ pub async fn add_subscription(
     }
     let tx = db.begin_write().await?;
     find_account(&*tx, account_id).await?;
+    // The account's plan level changes with it; opens read it under this lock.
+    db.lock_account(&tx, account_id).await?;
     product::Entity::find_by_id(input.product_id)
         .one(&*tx)
         .await?

@@ -171,9 +171,18 @@ pub async fn assign_flex(
         return Err(DomainError::bad_input("at most 1000 users at once"));
     }
     let tx = db.begin_write().await?;
-    let mut saved = Vec::with_capacity(user_ids.len());
+    let mut users = Vec::with_capacity(user_ids.len());
     for &id in user_ids {
-        let user = managed_user(&*tx, actor, id).await?;
+        users.push(managed_user(&*tx, actor, id).await?);
+    }
+    // Opens decide under their account's lock; taking it here orders this change
+    // before or after each of them, never in the middle.
+    let mut accounts: Vec<i32> = users.iter().map(|u| u.account_id).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    db.lock_accounts(&tx, &accounts).await?;
+    let mut saved = Vec::with_capacity(users.len());
+    for user in users {
         let mut am: user::ActiveModel = user.into();
         am.flex_assigned = Set(assigned);
         saved.push(am.update(&*tx).await?);
@@ -202,6 +211,8 @@ pub async fn set_allowed_products(
             (account_id, None)
         }
     };
+    // Ordered with the opens of the account (see `assign_flex`).
+    db.lock_account(&tx, account_id).await?;
     let wanted: Option<BTreeSet<i32>> = product_ids.map(|ids| ids.into_iter().collect());
     if let Some(ids) = &wanted {
         let found = product::Entity::find()

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub mod cluster;
 pub mod generate;
 pub mod json;
+pub mod ledger;
 pub mod load;
 pub mod server;
 pub mod smtp;

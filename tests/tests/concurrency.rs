@@ -383,3 +383,81 @@ async fn a_batch_failing_for_one_account_fails_only_its_opens() {
         assert_eq!(balance, left, "account {}", acct.account_id);
     }
 }
+
+/// Rules 7 and 12 together: an open decided while the admin takes the user off
+/// pay-as-you-go is decided again under the account's lock, so once that change has
+/// committed no open charges on the strength of the old assignment. The test holds the
+/// account's lock (PostgreSQL: the account row; SQLite: the write lock) in a
+/// transaction that takes the user off pay-as-you-go, lets the open read the old
+/// assignment and queue for the lock, then commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_waiting_for_the_lock_obeys_the_change_that_held_it() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let tdb = TestDb::new().await;
+    let db = &tdb.db;
+    let now = t("2026-03-02T09:00:00Z");
+    let acct = account(db, "Held", now).await;
+    product(db, "cae", 4).await;
+    buy(db, acct.account_id, 40, "k", now, now).await;
+    let (member_id, member) = user(db, &acct, "m@held.test", Role::Member, true, now).await;
+
+    let other = Database::connect(&tdb.url).await.unwrap();
+    let tx = other.begin().await.unwrap();
+    if daypass_tests::on_postgres() {
+        tx.execute_unprepared(&format!(
+            "SELECT id FROM accounts WHERE id = {} FOR UPDATE",
+            acct.account_id
+        ))
+        .await
+        .unwrap();
+    }
+    tx.execute_unprepared(&format!(
+        "UPDATE users SET flex_assigned = false WHERE id = {member_id}"
+    ))
+    .await
+    .unwrap();
+
+    let opening = {
+        let (db, member) = (db.clone(), member.clone());
+        tokio::spawn(async move { open_product(&db, &member, now, open("cae")).await })
+    };
+    // The open has read the committed assignment (still on) and waits for the lock.
+    if daypass_tests::on_postgres() {
+        let mut waited = false;
+        for _ in 0..100 {
+            let waiting = other
+                .query_one_raw(sea_orm::Statement::from_string(
+                    other.get_database_backend(),
+                    "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "n")
+                .unwrap();
+            if waiting > 0 {
+                waited = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(waited, "the open queued for the account's lock");
+    } else {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!opening.is_finished(), "the open waits for the write lock");
+    }
+    tx.commit().await.unwrap();
+
+    let outcome = opening.await.unwrap().expect("an answer");
+    assert!(!outcome.granted, "{outcome:?}");
+    assert_eq!(
+        outcome.deny_reason,
+        Some(daypass_domain::DenyReason::NotAssigned)
+    );
+    assert_eq!(outcome.balance, 40);
+    let balance = daypass_domain::accounts::balance_at(db.conn(), acct.account_id, now)
+        .await
+        .unwrap();
+    assert_eq!(balance, 40, "nothing charged");
+}

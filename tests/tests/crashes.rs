@@ -9,10 +9,10 @@
 use chrono::{DateTime, Utc};
 use daypass_domain::Db;
 use daypass_tests::json::{at, id, int};
+use daypass_tests::ledger::{check_ledger, rows};
 use daypass_tests::server::OPERATOR_KEY;
 use daypass_tests::{TestDb, TestServer};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -120,62 +120,9 @@ async fn load(l: Load, seed: u64, round: usize, worker: usize) {
     }
 }
 
-async fn rows(db: &Db, sql: &str) -> Vec<sea_orm::QueryResult> {
-    db.conn()
-        .query_all_raw(Statement::from_string(db.backend(), sql.to_owned()))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn count(db: &Db, sql: &str) -> i64 {
-    rows(db, sql).await[0].try_get_by_index::<i64>(0).unwrap()
-}
-
 /// The ledger's invariants, and everything acknowledged is there. Returns the counts.
-async fn check(db: &Db, acked: &Acknowledged, account_id: i32) -> (i64, i64, i64) {
-    if db.backend() == DatabaseBackend::Sqlite {
-        let ok: String = rows(db, "PRAGMA integrity_check").await[0]
-            .try_get_by_index(0)
-            .unwrap();
-        assert_eq!(ok, "ok", "SQLite integrity check");
-    }
-    assert_eq!(
-        count(db, "SELECT COUNT(*) FROM lots WHERE quantity <> used + expired + remaining OR remaining < 0").await,
-        0,
-        "every lot: quantity = used + expired + remaining, nothing negative"
-    );
-    let ledger = count(
-        db,
-        &format!("SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT) FROM ledger_entries WHERE account_id = {account_id}"),
-    )
-    .await;
-    let remaining = count(
-        db,
-        &format!("SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots WHERE account_id = {account_id}"),
-    )
-    .await;
-    assert_eq!(ledger, remaining, "the ledger sums to the balance");
-    assert_eq!(
-        count(
-            db,
-            "SELECT COUNT(*) FROM charges a JOIN charges b ON a.user_id = b.user_id \
-             AND a.product_id = b.product_id AND a.id < b.id \
-             AND a.window_starts_at < b.window_ends_at AND b.window_starts_at < a.window_ends_at"
-        )
-        .await,
-        0,
-        "one charge per user, product and window"
-    );
-    assert_eq!(
-        count(
-            db,
-            "SELECT COUNT(*) FROM charges c WHERE c.tokens <> -(SELECT COALESCE(SUM(tokens), 0) \
-             FROM ledger_entries e WHERE e.charge_id = c.id)"
-        )
-        .await,
-        0,
-        "every charge has its ledger entries"
-    );
+async fn check(db: &Db, acked: &Acknowledged) -> (i64, i64, i64) {
+    check_ledger(db).await;
     // Acknowledged purchases.
     let lots: BTreeMap<i32, i64> = rows(db, "SELECT id, quantity FROM lots")
         .await
@@ -282,7 +229,6 @@ async fn killed_twenty_times_under_load_the_server_loses_nothing_it_acknowledged
             json!({}),
         )
         .await;
-    let account_id: i32 = id(&d["createAccount"]["account"]["id"]).parse().unwrap();
     let admin = id(&d["createAccount"]["adminApiKey"]);
     let mut members = Vec::new();
     for i in 0..MEMBERS {
@@ -337,7 +283,7 @@ async fn killed_twenty_times_under_load_the_server_loses_nothing_it_acknowledged
         drop(server);
         server = TestServer::start_on(&url, &[]).await;
         let acked = acked.lock().unwrap().clone();
-        let (lots, charges, opens) = check(&check_db, &acked, account_id).await;
+        let (lots, charges, opens) = check(&check_db, &acked).await;
         println!(
             "kill {}: {lots} lots, {charges} charges, {opens} open records; acknowledged {} purchases, {} charges, {} opens",
             round + 1,

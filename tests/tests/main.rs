@@ -11,6 +11,7 @@ mod hostile;
 mod invariants;
 mod live;
 mod load_bench;
+mod model;
 mod notifications;
 mod ops;
 mod reports;
