@@ -1,4 +1,5 @@
-//! HTTP: the GraphQL endpoint and its WebSocket twin, GraphiQL, health and metrics.
+//! HTTP: the GraphQL endpoint and its WebSocket twin, GraphiQL, health and metrics,
+//! and the admin console's static files.
 
 use crate::graphql::context::Req;
 use crate::graphql::error::gql;
@@ -29,6 +30,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(state: AppState, cors_origins: Option<&str>) -> Router {
     let mut app = Router::new()
+        .route("/", get(crate::console::index))
+        .route("/console/{*path}", get(crate::console::asset))
         .route("/graphql", get(graphiql).post(graphql))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))

@@ -2,6 +2,7 @@
 //! layer. Resolvers translate GraphQL to `domain` calls and back.
 
 pub mod config;
+pub mod console;
 pub mod graphql;
 pub mod http;
 pub mod state;

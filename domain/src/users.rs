@@ -191,22 +191,29 @@ pub async fn assign_flex(
     Ok(saved)
 }
 
-/// Rule 8: `user_id` None sets the account-wide list; `product_ids` None lifts the
-/// restriction. An empty list allows nothing.
+/// Rule 8: `user_id` None sets the account-wide list (of `account_id`, which only an
+/// operator names); `product_ids` None lifts the restriction. An empty list allows
+/// nothing.
 pub async fn set_allowed_products(
     db: &Db,
     actor: &Actor,
     user_id: Option<i32>,
+    account_id: Option<i32>,
     product_ids: Option<Vec<i32>>,
 ) -> Result<()> {
     let tx = db.begin_write().await?;
     let (account_id, user) = match user_id {
         Some(id) => {
             let u = managed_user(&*tx, actor, id).await?;
+            if account_id.is_some_and(|named| named != u.account_id) {
+                return Err(DomainError::bad_input(
+                    "accountId names another account than the user's",
+                ));
+            }
             (u.account_id, Some(u))
         }
         None => {
-            let account_id = actor.target_account(None)?;
+            let account_id = actor.target_account(account_id)?;
             actor.can_manage(account_id)?;
             (account_id, None)
         }

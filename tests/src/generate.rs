@@ -335,6 +335,7 @@ async fn write_setup(db: &Db, plan: &plan::Plan, rng: &mut StdRng) -> Result<sim
                 db,
                 &admin_actor,
                 None,
+                None,
                 Some(list.iter().map(|&p| product_ids[p]).collect()),
             )
             .await?;

@@ -896,6 +896,11 @@ fn dockerignore_keeps_what_the_build_needs() {
         }
     }
     assert!(needed.len() > 6, "workspace members found: {needed:?}");
+    // The binary embeds the admin console's files (api/src/console.rs).
+    for file in ["index.html", "app.js", "vendor/chart.umd.min.js"] {
+        needed.push(format!("console/{file}"));
+    }
+    assert!(ignored("console/node_modules/chart.js/package.json"));
     for path in needed {
         assert!(!ignored(&path), "{path} is excluded from the build context");
     }

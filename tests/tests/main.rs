@@ -4,6 +4,7 @@
 mod analytics;
 mod authz;
 mod concurrency;
+mod console;
 mod crashes;
 mod docker;
 mod e2e;

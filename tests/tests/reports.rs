@@ -624,6 +624,7 @@ async fn run_workload(steps: Vec<Step>, mid_roll: Option<usize>) {
         db,
         &acct.admin,
         Some(member_ids[1]),
+        None,
         Some(vec![product_ids[0]]),
     )
     .await
@@ -892,7 +893,7 @@ async fn distinct_users_are_counted_once_per_period_and_product() {
             .await,
         );
     }
-    users::set_allowed_products(db, &acct.admin, Some(who["c"].0), Some(vec![]))
+    users::set_allowed_products(db, &acct.admin, Some(who["c"].0), None, Some(vec![]))
         .await
         .unwrap();
     buy(db, acct.account_id, 100, "k", setup, setup).await;

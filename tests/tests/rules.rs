@@ -1155,7 +1155,7 @@ async fn rule8_an_account_wide_list_restricts_every_assigned_user() {
     // Unrestricted: every catalog product is open.
     assert_charged(&open_at(db, &m1, now, req("cam")).await, 3);
 
-    users::set_allowed_products(db, &acct.admin, None, Some(vec![cad]))
+    users::set_allowed_products(db, &acct.admin, None, None, Some(vec![cad]))
         .await
         .unwrap();
     for m in [&m1, &m2] {
@@ -1180,11 +1180,11 @@ async fn rule8_a_users_own_list_overrides_the_account_list_both_ways() {
     let (_, plain) = user(db, &acct, "p@override.test", Role::Member, true, now).await;
 
     // The account allows only cad.
-    users::set_allowed_products(db, &acct.admin, None, Some(vec![cad]))
+    users::set_allowed_products(db, &acct.admin, None, None, Some(vec![cad]))
         .await
         .unwrap();
     // A user's list allowing more than the account's: cam only.
-    users::set_allowed_products(db, &acct.admin, Some(wider_id), Some(vec![cam]))
+    users::set_allowed_products(db, &acct.admin, Some(wider_id), None, Some(vec![cam]))
         .await
         .unwrap();
     assert_charged(&open_at(db, &wider, now, req("cam")).await, 3);
@@ -1200,10 +1200,10 @@ async fn rule8_a_users_own_list_overrides_the_account_list_both_ways() {
     );
 
     // An unrestricted account, and a user's list narrowing it.
-    users::set_allowed_products(db, &acct.admin, None, None)
+    users::set_allowed_products(db, &acct.admin, None, None, None)
         .await
         .unwrap();
-    users::set_allowed_products(db, &acct.admin, Some(narrower_id), Some(vec![cad]))
+    users::set_allowed_products(db, &acct.admin, Some(narrower_id), None, Some(vec![cad]))
         .await
         .unwrap();
     assert_charged(&open_at(db, &narrower, now, req("cad")).await, 2);
@@ -1214,7 +1214,7 @@ async fn rule8_a_users_own_list_overrides_the_account_list_both_ways() {
     assert_charged(&open_at(db, &plain, now, req("cam")).await, 3);
 
     // Lifting a user's own list hands them back to the account's setting.
-    users::set_allowed_products(db, &acct.admin, Some(narrower_id), None)
+    users::set_allowed_products(db, &acct.admin, Some(narrower_id), None, None)
         .await
         .unwrap();
     assert_charged(&open_at(db, &narrower, now, req("cam")).await, 3);
@@ -1231,7 +1231,7 @@ async fn rule8_an_empty_list_allows_nothing_and_none_lifts_the_restriction() {
     buy(db, acct.account_id, 100, "p", now, now).await;
     let (member_id, member) = user(db, &acct, "m@empty.test", Role::Member, true, now).await;
 
-    users::set_allowed_products(db, &acct.admin, None, Some(vec![]))
+    users::set_allowed_products(db, &acct.admin, None, None, Some(vec![]))
         .await
         .unwrap();
     for code in ["cad", "cam"] {
@@ -1240,20 +1240,20 @@ async fn rule8_an_empty_list_allows_nothing_and_none_lifts_the_restriction() {
             DenyReason::ProductRestricted,
         );
     }
-    users::set_allowed_products(db, &acct.admin, None, None)
+    users::set_allowed_products(db, &acct.admin, None, None, None)
         .await
         .unwrap();
     assert_charged(&open_at(db, &member, now, req("cad")).await, 2);
 
     // A user's own empty list allows nothing either, even when the account is open.
-    users::set_allowed_products(db, &acct.admin, Some(member_id), Some(vec![]))
+    users::set_allowed_products(db, &acct.admin, Some(member_id), None, Some(vec![]))
         .await
         .unwrap();
     assert_denied(
         &open_at(db, &member, now, req("cam")).await,
         DenyReason::ProductRestricted,
     );
-    users::set_allowed_products(db, &acct.admin, Some(member_id), None)
+    users::set_allowed_products(db, &acct.admin, Some(member_id), None, None)
         .await
         .unwrap();
     assert_charged(&open_at(db, &member, now, req("cam")).await, 3);
@@ -1592,10 +1592,10 @@ async fn rule9_a_subscription_seat_opens_without_tokens_assignment_or_permission
     let cad = product(db, "cad", 7).await;
     product(db, "viz", 5).await;
     let (member_id, member) = user(db, &acct, "m@sub.test", Role::Member, false, now).await;
-    users::set_allowed_products(db, &acct.admin, None, Some(vec![]))
+    users::set_allowed_products(db, &acct.admin, None, None, Some(vec![]))
         .await
         .unwrap();
-    users::set_allowed_products(db, &acct.admin, Some(member_id), Some(vec![]))
+    users::set_allowed_products(db, &acct.admin, Some(member_id), None, Some(vec![]))
         .await
         .unwrap();
     let sub = subscribe(
@@ -2144,11 +2144,11 @@ async fn rule19_analysts_read_everything_of_their_account_and_change_nothing() {
         Forbidden
     );
     assert_err!(
-        users::set_allowed_products(db, a, None, Some(vec![])).await,
+        users::set_allowed_products(db, a, None, None, Some(vec![])).await,
         Forbidden
     );
     assert_err!(
-        users::set_allowed_products(db, a, Some(s.m1_id), Some(vec![])).await,
+        users::set_allowed_products(db, a, Some(s.m1_id), None, Some(vec![])).await,
         Forbidden
     );
     assert_err!(
@@ -2239,7 +2239,7 @@ async fn rule19_an_admin_sees_only_their_own_account() {
         Forbidden
     );
     assert_err!(
-        users::set_allowed_products(db, admin, Some(away_user), Some(vec![])).await,
+        users::set_allowed_products(db, admin, Some(away_user), None, Some(vec![])).await,
         Forbidden
     );
     assert_err!(
@@ -2367,7 +2367,7 @@ async fn rule19_a_deactivated_user_may_read_viewer_and_nothing_else() {
         Forbidden
     );
     assert_err!(
-        users::set_allowed_products(db, g, None, Some(vec![])).await,
+        users::set_allowed_products(db, g, None, None, Some(vec![])).await,
         Forbidden
     );
     assert_err!(
@@ -2390,4 +2390,57 @@ async fn rule19_a_deactivated_user_may_read_viewer_and_nothing_else() {
     assert_denied(&o, DenyReason::UserDeactivated);
     assert_eq!(lot_count(db, id).await, 1);
     assert_eq!(balance(db, id, now).await, 86);
+}
+
+/// Rule 8 for the vendor's staff: an operator sets an account's product list by naming
+/// the account; an admin naming another account is refused, and nothing changes there.
+#[tokio::test]
+async fn operators_set_an_accounts_product_list_by_naming_it() {
+    let tdb = TestDb::new().await;
+    let db = &tdb.db;
+    let now = t(NOW);
+    let acct = account(db, "Named", now).await;
+    let other = account(db, "Other", now).await;
+    let cad = product(db, "cad", 2).await;
+    product(db, "cam", 3).await;
+    buy(db, acct.account_id, 100, "p", now, now).await;
+    let (member_id, member) = user(db, &acct, "m@named.test", Role::Member, true, now).await;
+
+    assert_err!(
+        users::set_allowed_products(db, &Actor::Operator, None, None, Some(vec![cad])).await,
+        BadInput
+    );
+    assert_err!(
+        users::set_allowed_products(db, &other.admin, None, Some(acct.account_id), Some(vec![]))
+            .await,
+        Forbidden
+    );
+    assert_err!(
+        users::set_allowed_products(
+            db,
+            &Actor::Operator,
+            Some(member_id),
+            Some(other.account_id),
+            None
+        )
+        .await,
+        BadInput
+    );
+    assert_charged(&open_at(db, &member, now, req("cam")).await, 3);
+
+    users::set_allowed_products(
+        db,
+        &Actor::Operator,
+        None,
+        Some(acct.account_id),
+        Some(vec![cad]),
+    )
+    .await
+    .unwrap();
+    assert_charged(&open_at(db, &member, now, req("cad")).await, 2);
+    let later = now + Duration::hours(25);
+    assert_denied(
+        &open_at(db, &member, later, req("cam")).await,
+        DenyReason::ProductRestricted,
+    );
 }

@@ -197,9 +197,14 @@ impl Mutation {
         ctx: &Context<'_>,
         user_id: Option<ID>,
         product_ids: Option<Vec<ID>>,
+        #[graphql(
+            desc = "Operators only, with userId null: the account whose list to set (admins set their own)."
+        )]
+        account_id: Option<ID>,
     ) -> Result<bool> {
         let r = Req::of(ctx)?;
         let user_id = parse_opt_id(user_id.as_ref(), "userId")?;
+        let account_id = parse_opt_id(account_id.as_ref(), "accountId")?;
         let product_ids = product_ids
             .map(|ids| {
                 ids.iter()
@@ -207,7 +212,7 @@ impl Mutation {
                     .collect::<Result<Vec<_>>>()
             })
             .transpose()?;
-        users::set_allowed_products(r.db(), r.actor(), user_id, product_ids)
+        users::set_allowed_products(r.db(), r.actor(), user_id, account_id, product_ids)
             .await
             .gql()?;
         Ok(true)

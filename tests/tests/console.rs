@@ -1,0 +1,429 @@
+//! The admin console (issue 8): the static files the binary serves, and the browser
+//! tests (`console/tests/run.mjs`, Debian's Chromium driven by playwright-core)
+//! against the real binary with a seeded account. Needs `node`, `/usr/bin/chromium`
+//! and `console/node_modules` (`npm ci` in `console/`): without them the browser test
+//! says SKIP, and fails under CI.
+
+use chrono::Duration;
+use daypass_tests::json::{at, id, int};
+use daypass_tests::server::OPERATOR_KEY;
+use daypass_tests::smtp::SmtpServer;
+use daypass_tests::{TestServer, on_postgres, require};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const OP: Option<&str> = Some(OPERATOR_KEY);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_files_are_served_with_a_strict_policy() {
+    let s = TestServer::start().await;
+    let client = s.client();
+    let get = |path: &str| client.get(format!("{}{path}", s.base_url)).send();
+
+    let page = get("/").await.unwrap();
+    assert_eq!(page.status(), 200);
+    let h = page.headers().clone();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self' ws: wss:",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{part} in {csp}");
+    }
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script src="/console/app.js" type="module">"#));
+    assert!(!html.contains("<script>"), "no inline script");
+    assert!(!html.contains("style=\""), "no inline style");
+
+    for (path, content_type) in [
+        ("/console/app.js", "text/javascript; charset=utf-8"),
+        ("/console/api.js", "text/javascript; charset=utf-8"),
+        ("/console/charts.js", "text/javascript; charset=utf-8"),
+        ("/console/style.css", "text/css; charset=utf-8"),
+        ("/console/favicon.svg", "image/svg+xml"),
+        (
+            "/console/vendor/chart.umd.min.js",
+            "text/javascript; charset=utf-8",
+        ),
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], content_type, "{path}");
+        let tag = r.headers()["etag"].clone();
+        // A browser revalidating an unchanged file gets a 304 without the body.
+        let again = client
+            .get(format!("{}{path}", s.base_url))
+            .header("if-none-match", tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+    }
+    for path in [
+        "/console/",
+        "/console/missing.js",
+        "/console/../Cargo.toml",
+        "/console/%2e%2e/Cargo.toml",
+        "/console/package.json",
+        "/console/node_modules/chart.js/package.json",
+    ] {
+        assert_eq!(get(path).await.unwrap().status(), 404, "{path}");
+    }
+    // GraphiQL stays where it was.
+    let graphiql = get("/graphql").await.unwrap();
+    assert_eq!(graphiql.status(), 200);
+    assert!(graphiql.text().await.unwrap().contains("graphiql"));
+}
+
+/// What the browser test needs to run; `None` (SKIP) outside CI when something is
+/// missing.
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let node = require(
+        "node (Node.js 18 or later)",
+        Command::new("node")
+            .arg("--version")
+            .output()
+            .map_err(anyhow::Error::from)
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(PathBuf::from("node"))
+                } else {
+                    Err(anyhow::anyhow!("node --version failed"))
+                }
+            }),
+    )?;
+    let chromium = PathBuf::from(
+        std::env::var("DAYPASS_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    require(
+        "Chromium (apt-get install -y chromium)",
+        if chromium.exists() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{} does not exist", chromium.display()))
+        },
+    )?;
+    let modules = workspace().join("console/node_modules/playwright-core");
+    require(
+        "playwright-core (cd console && npm ci)",
+        if modules.exists() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{} does not exist", modules.display()))
+        },
+    )?;
+    Some((node, chromium))
+}
+
+async fn upsert_product(s: &TestServer, code: &str, name: &str, rate: i64, annual: Option<i64>) {
+    s.ok(
+        OP,
+        "mutation($c: String!, $n: String!, $r: Int!, $y: Int) {
+           upsertProduct(input: {code: $c, name: $n, dailyRate: $r, annualSubscriptionMinor: $y}) { id }
+         }",
+        json!({"c": code, "n": name, "r": rate, "y": annual}),
+    )
+    .await;
+}
+
+async fn create_user(
+    s: &TestServer,
+    admin: &str,
+    name: &str,
+    email: &str,
+    role: &str,
+) -> (String, String) {
+    let d = s
+        .ok(
+            Some(admin),
+            "mutation($n: String!, $e: String!, $r: Role!) {
+               createUser(input: {email: $e, name: $n, role: $r}) { user { id } apiKey }
+             }",
+            json!({"n": name, "e": email, "r": role}),
+        )
+        .await;
+    (
+        id(&d["createUser"]["user"]["id"]),
+        id(&d["createUser"]["apiKey"]),
+    )
+}
+
+/// One person of the seeded account.
+struct Person {
+    email: &'static str,
+    key: String,
+}
+
+/// Tokens charged by person and by product, from the opens' own answers.
+#[derive(Default)]
+struct Tally {
+    by_user: BTreeMap<String, i64>,
+    by_product: BTreeMap<String, i64>,
+    used: i64,
+}
+
+impl Tally {
+    async fn open(
+        &mut self,
+        s: &TestServer,
+        who: &Person,
+        code: &str,
+        product_name: &str,
+    ) -> Value {
+        let r = s
+            .ok(
+                Some(&who.key),
+                "mutation($c: String!) { openProduct(input: {productCode: $c}) { granted tokensCharged denyReason } }",
+                json!({"c": code}),
+            )
+            .await["openProduct"]
+            .clone();
+        let tokens = int(&r["tokensCharged"]);
+        *self.by_user.entry(who.email.to_owned()).or_default() += tokens;
+        *self.by_product.entry(product_name.to_owned()).or_default() += tokens;
+        self.used += tokens;
+        r
+    }
+}
+
+/// Sign in as admin, read the balance, watch it change live, read usage and download
+/// the CSV, buy tokens, read spending, restrict a user and add one, read the
+/// notifications, use a phone-sized window, and find an analyst's and a member's
+/// console without what their role may not do; screenshots of each page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    let Some((node, chromium)) = browser_tools() else {
+        return;
+    };
+    let smtp = SmtpServer::start().await;
+    let s = TestServer::start_with(&[
+        ("DAYPASS_TEST_CLOCK", "1"),
+        ("DAYPASS_SMTP_URL", &smtp.url()),
+        // The failing reminder is meant: no warning about it in the output.
+        ("RUST_LOG", "error"),
+    ])
+    .await;
+
+    // The catalog and an account with an admin, an analyst and three members.
+    upsert_product(&s, "cad", "CAD Studio", 10, Some(150_000)).await;
+    upsert_product(&s, "viz", "Viz Render", 3, Some(60_000)).await;
+    upsert_product(&s, "cam", "CAM Mill", 5, None).await;
+    let products = s.ok(OP, "{ products { id code } }", json!({})).await;
+    let product_id = |code: &str| {
+        products["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["code"] == code)
+            .map(|p| id(&p["id"]))
+            .unwrap()
+    };
+    let d = s
+        .ok(
+            OP,
+            "mutation { createAccount(input: {name: \"Acme Engineering\", adminEmail: \"ada@acme.test\", adminName: \"Ada Admin\"}) {
+               account { id } admin { id } adminApiKey } }",
+            json!({}),
+        )
+        .await;
+    let account_id = id(&d["createAccount"]["account"]["id"]);
+    let admin_id = id(&d["createAccount"]["admin"]["id"]);
+    let admin = Person {
+        email: "ada@acme.test",
+        key: id(&d["createAccount"]["adminApiKey"]),
+    };
+    let mut people = vec![];
+    let mut flex_ids = vec![admin_id];
+    for (name, email, role) in [
+        ("Ann Analyst", "ann@acme.test", "ANALYST"),
+        ("Ben Builder", "ben@acme.test", "MEMBER"),
+        ("Cleo Designer", "cleo@acme.test", "MEMBER"),
+        ("Dev Drafter", "dev@acme.test", "MEMBER"),
+    ] {
+        let (user_id, key) = create_user(&s, &admin.key, name, email, role).await;
+        if role == "MEMBER" {
+            flex_ids.push(user_id);
+        }
+        people.push(Person { email, key });
+    }
+    s.ok(
+        Some(&admin.key),
+        "mutation($ids: [ID!]!) { assignFlex(userIds: $ids, assigned: true) { id } }",
+        json!({"ids": flex_ids}),
+    )
+    .await;
+    let [ann, ben, cleo, dev] = &people[..] else {
+        unreachable!()
+    };
+
+    // Lots: one bought 250 days ago (moved from another system, so it expires within
+    // 90 days of the end of the story), one now, one half way through.
+    let start = at(&s
+        .ok(OP, "mutation { advanceClock(hours: 0) }", json!({}))
+        .await["advanceClock"]);
+    s.ok(
+        OP,
+        "mutation($a: ID!, $at: DateTime!) {
+           purchaseTokens(input: {quantity: 1500, idempotencyKey: \"migrated\", accountId: $a, purchasedAt: $at}) { id }
+         }",
+        json!({"a": account_id, "at": (start - Duration::days(250)).to_rfc3339()}),
+    )
+    .await;
+    let buy = "mutation($q: Int!, $k: String!) { purchaseTokens(input: {quantity: $q, idempotencyKey: $k}) { id } }";
+    s.ok(Some(&admin.key), buy, json!({"q": 2500, "k": "first"}))
+        .await;
+    let purchased = 1500 + 2500 + 1000;
+    let threshold = 3800;
+    s.ok(
+        Some(&admin.key),
+        "mutation($t: Int!) { setLowBalanceThreshold(tokens: $t) { lowBalanceThreshold } }",
+        json!({"t": threshold}),
+    )
+    .await;
+
+    // 91 days of use: Ben on CAD daily, Cleo on Viz on weekdays and CAD weekly, Dev
+    // on CAM every third day (and once on a code that names no product, denied), Ada
+    // now and then.
+    let mut tally = Tally::default();
+    for day in 0..=90 {
+        if day > 0 {
+            s.ok(OP, "mutation { advanceClock(hours: 24) }", json!({}))
+                .await;
+        }
+        tally.open(&s, ben, "cad", "CAD Studio").await;
+        if day % 7 < 5 {
+            tally.open(&s, cleo, "viz", "Viz Render").await;
+        }
+        if day % 7 == 2 {
+            tally.open(&s, cleo, "cad", "CAD Studio").await;
+        }
+        if day % 3 == 0 {
+            tally.open(&s, dev, "cam", "CAM Mill").await;
+        }
+        if day % 10 == 0 {
+            tally.open(&s, &admin, "cad", "CAD Studio").await;
+        }
+        if day == 45 {
+            s.ok(Some(&admin.key), buy, json!({"q": 1000, "k": "refill"}))
+                .await;
+        }
+        if day == 60 {
+            let r = tally.open(&s, dev, "sim", "Unknown product codes").await;
+            assert_eq!(r["denyReason"], "UNKNOWN_PRODUCT", "{r:#}");
+        }
+    }
+    // The two low-balance e-mails went out; then the mail server goes down, so the
+    // expiry reminder that maintenance records fails (and is retried meanwhile).
+    smtp.wait_for(2, std::time::Duration::from_secs(60)).await;
+    smtp.set_down(true);
+    s.ok(OP, "mutation { runMaintenance }", json!({})).await;
+    let now = at(&s
+        .ok(OP, "mutation { advanceClock(hours: 0) }", json!({}))
+        .await["advanceClock"]);
+
+    let balance = int(&s
+        .ok(Some(&admin.key), "{ account { balance } }", json!({}))
+        .await["account"]["balance"]);
+    assert_eq!(balance, purchased - tally.used, "purchased minus used");
+    assert!(
+        balance < threshold && balance + 1100 >= threshold,
+        "the story crosses the threshold: {balance}"
+    );
+
+    let seed = json!({
+        "url": s.base_url,
+        "now": now.to_rfc3339(),
+        "adminKey": admin.key,
+        "analystKey": ann.key,
+        "memberKey": cleo.key,
+        "operatorKey": OPERATOR_KEY,
+        "restrictKey": ben.key,
+        "expect": {
+            "accountId": account_id,
+            "accountName": "Acme Engineering",
+            "adminEmail": admin.email,
+            "balance": balance,
+            "used": tally.used,
+            "purchased": purchased,
+            "threshold": threshold,
+            "lots": 3,
+            "users": 5,
+            "byUser": tally.by_user,
+            "byProduct": tally.by_product,
+            "deniedEmail": dev.email,
+            "memberEmail": cleo.email,
+            "restrictEmail": ben.email,
+            "allowedProductId": product_id("viz"),
+            "allowedProductName": "Viz Render",
+        },
+    });
+
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let backend = if on_postgres() { "postgres" } else { "sqlite" };
+    let shots = target.join("console-screenshots").join(backend);
+    println!("console screenshots: {}", shots.display());
+    let console = workspace().join("console");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(node)
+            .arg("tests/run.mjs")
+            .current_dir(console)
+            .env("DAYPASS_CONSOLE_SEED", seed.to_string())
+            .env("DAYPASS_CONSOLE_SCREENSHOTS", &shots)
+            .env("DAYPASS_CHROMIUM", chromium)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start node");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for node") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the browser tests took more than 5 minutes");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "console browser tests failed: {status}");
+
+    // What the browser did went through the API: the restriction holds for Ben.
+    let r = s
+        .ok(
+            Some(&ben.key),
+            "mutation { openProduct(input: {productCode: \"cam\"}) { granted denyReason } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        r["openProduct"]["denyReason"], "PRODUCT_RESTRICTED",
+        "{r:#}"
+    );
+    let after = int(&s
+        .ok(Some(&admin.key), "{ account { balance } }", json!({}))
+        .await["account"]["balance"]);
+    assert_eq!(
+        after,
+        balance + 100 + 1000,
+        "the two purchases of the browser test"
+    );
+}
