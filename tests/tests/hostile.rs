@@ -237,3 +237,57 @@ async fn a_corpus_of_hostile_requests_is_refused_and_changes_nothing() {
         "a hostile request changed something"
     );
 }
+
+/// Production posture: an internal failure (here the price list's table gone from
+/// under the server) answers INTERNAL with "internal error" and the request id, never
+/// the SQL or the database's words; a misspelt field gets no suggestion.
+#[tokio::test]
+async fn production_masks_internal_errors_and_suggests_nothing() {
+    let s = TestServer::start_with(&[("DAYPASS_ENV", "production")]).await;
+    let op = Some(OPERATOR_KEY);
+    assert!(s.ok(op, "{ priceList { minQuantity } }", json!({})).await["priceList"][0].is_object());
+
+    let misspelt = s.gql(op, "{ priceLsit { minQuantity } }", json!({})).await;
+    let text = misspelt.to_string();
+    assert_eq!(
+        misspelt["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{text}"
+    );
+    assert!(!text.to_lowercase().contains("did you mean"), "{text}");
+
+    let db = Db::connect(&s.database_url).await.unwrap();
+    db.conn()
+        .execute_unprepared("ALTER TABLE price_bands RENAME TO price_bands_gone")
+        .await
+        .unwrap();
+    let resp = s
+        .client()
+        .post(format!("{}/graphql", s.base_url))
+        .bearer_auth(OPERATOR_KEY)
+        .header("x-request-id", "masked-1")
+        .json(&json!({"query": "{ priceList { minQuantity } }"}))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let err = &answer["errors"][0];
+    assert_eq!(err["extensions"]["code"], "INTERNAL", "{text}");
+    assert_eq!(err["message"], "internal error", "{text}");
+    assert_eq!(err["extensions"]["requestId"], "masked-1", "{text}");
+    for leak in [
+        "price_bands",
+        "SELECT",
+        "sqlite",
+        "relation",
+        "no such table",
+        "panicked",
+    ] {
+        assert!(!text.contains(leak), "{leak:?} reached the client: {text}");
+    }
+    db.conn()
+        .execute_unprepared("ALTER TABLE price_bands_gone RENAME TO price_bands")
+        .await
+        .unwrap();
+    assert!(s.ok(op, "{ priceList { minQuantity } }", json!({})).await["priceList"][0].is_object());
+}
