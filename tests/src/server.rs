@@ -245,6 +245,43 @@ impl TestServer {
             .to_owned()
     }
 
+    /// The operator adds (or changes) a catalog product; returns its id.
+    pub async fn upsert_product(&self, code: &str, daily_rate: i64) -> String {
+        let d = self
+            .ok(
+                Some(OPERATOR_KEY),
+                "mutation($c: String!, $r: Int!) {
+                   upsertProduct(input: {code: $c, name: $c, dailyRate: $r}) { id }
+                 }",
+                json!({"c": code, "r": daily_rate}),
+            )
+            .await;
+        crate::json::id(&d["upsertProduct"]["id"])
+    }
+
+    /// An admin adds a user; returns (user id, api key).
+    pub async fn create_user(
+        &self,
+        admin: &str,
+        email: &str,
+        name: &str,
+        role: &str,
+    ) -> (String, String) {
+        let d = self
+            .ok(
+                Some(admin),
+                "mutation($e: String!, $n: String!, $r: Role!) {
+                   createUser(input: {email: $e, name: $n, role: $r}) { user { id } apiKey }
+                 }",
+                json!({"e": email, "n": name, "r": role}),
+            )
+            .await;
+        (
+            crate::json::id(&d["createUser"]["user"]["id"]),
+            crate::json::id(&d["createUser"]["apiKey"]),
+        )
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }

@@ -51,28 +51,6 @@ async fn create_account(s: &TestServer, name: &str) -> (String, String, String) 
     )
 }
 
-async fn create_user(
-    s: &TestServer,
-    admin: &str,
-    email: &str,
-    name: &str,
-    role: &str,
-) -> (String, String) {
-    let d = s
-        .ok(
-            Some(admin),
-            "mutation($e: String!, $n: String!, $r: Role!) {
-               createUser(input: {email: $e, name: $n, role: $r}) { user { id } apiKey }
-             }",
-            json!({"e": email, "n": name, "r": role}),
-        )
-        .await;
-    (
-        id(&d["createUser"]["user"]["id"]),
-        id(&d["createUser"]["apiKey"]),
-    )
-}
-
 async fn open(s: &TestServer, key: &str, code: &str) -> Value {
     let d = s
         .ok(
@@ -106,16 +84,17 @@ async fn story() -> Story {
     let s = TestServer::start_with(&[("DAYPASS_TEST_CLOCK", "1")]).await;
     let (account_id, admin_id, admin) = create_account(&s, "Analytica").await;
     let (_, _, other_admin) = create_account(&s, "Elsewhere").await;
-    let (member_id, member) = create_user(
-        &s,
-        &admin,
-        "mia@analytica.test",
-        "Mia, \"the\" member",
-        "MEMBER",
-    )
-    .await;
-    let (_, analyst) =
-        create_user(&s, &admin, "ann@analytica.test", "Ann Analyst", "ANALYST").await;
+    let (member_id, member) = s
+        .create_user(
+            &admin,
+            "mia@analytica.test",
+            "Mia, \"the\" member",
+            "MEMBER",
+        )
+        .await;
+    let (_, analyst) = s
+        .create_user(&admin, "ann@analytica.test", "Ann Analyst", "ANALYST")
+        .await;
     for (code, name, rate, annual) in [
         ("cad", "CAD Suite", 10, 200_000),
         ("render", AWKWARD_NAME, 4, 100),

@@ -61,17 +61,6 @@ async fn tenant(s: &TestServer, name: &str) -> Tenant {
     }
 }
 
-async fn upsert_product(s: &TestServer, code: &str, daily_rate: i64) {
-    s.ok(
-        OP,
-        "mutation($c: String!, $r: Int!) {
-           upsertProduct(input: {code: $c, name: $c, dailyRate: $r}) { id }
-         }",
-        json!({"c": code, "r": daily_rate}),
-    )
-    .await;
-}
-
 /// A self-service purchase by the account's admin.
 async fn buy(s: &TestServer, admin: &str, quantity: i64) {
     let d = s
@@ -112,7 +101,7 @@ fn assert_pushed(push: &Value, tenant: &Tenant, expected: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchase_charge_and_expiry_each_push_the_new_balance() {
     let s = TestServer::start_with(&[TEST_CLOCK, EXTERNAL_WORKERS]).await;
-    upsert_product(&s, "cad", 5).await;
+    s.upsert_product("cad", 5).await;
     let t = tenant(&s, "Acme").await;
     let mut admin = WsClient::open(&s, &t.admin).await;
     let sub = admin.subscribe_balance(None).await;
@@ -173,8 +162,8 @@ async fn purchase_charge_and_expiry_each_push_the_new_balance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopen_inside_the_window_pushes_nothing() {
     let s = TestServer::start_with(&[EXTERNAL_WORKERS]).await;
-    upsert_product(&s, "cad", 5).await;
-    upsert_product(&s, "cam", 7).await;
+    s.upsert_product("cad", 5).await;
+    s.upsert_product("cam", 7).await;
     let t = tenant(&s, "Acme").await;
     let mut ws = WsClient::open(&s, &t.admin).await;
     let sub = ws.subscribe_balance(None).await;
@@ -201,7 +190,7 @@ async fn a_reopen_inside_the_window_pushes_nothing() {
 async fn a_change_through_another_process_reaches_subscribers() {
     let first = TestServer::start_with(&[EXTERNAL_WORKERS]).await;
     let second = TestServer::start_on(&first.database_url, &[EXTERNAL_WORKERS]).await;
-    upsert_product(&first, "cad", 5).await;
+    first.upsert_product("cad", 5).await;
     let t = tenant(&first, "Acme").await;
     let mut on_first = WsClient::open(&first, &t.admin).await;
     let sub = on_first.subscribe_balance(None).await;
@@ -229,7 +218,7 @@ async fn a_change_through_another_process_reaches_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_subscriber_hears_nothing() {
     let s = TestServer::start_with(&[EXTERNAL_WORKERS]).await;
-    upsert_product(&s, "cad", 5).await;
+    s.upsert_product("cad", 5).await;
     let acme = tenant(&s, "Acme").await;
     let globex = tenant(&s, "Globex").await;
     let mut acme_ws = WsClient::open(&s, &acme.admin).await;

@@ -53,29 +53,13 @@ async fn create_account(s: &TestServer, name: &str) -> Acct {
     }
 }
 
-/// The admin adds a user; returns (user id, api key).
-async fn create_user(s: &TestServer, admin: &str, email: &str, role: &str) -> (String, String) {
-    let d = s
-        .ok(
-            Some(admin),
-            "mutation($e: String!, $r: Role!) {
-               createUser(input: {email: $e, name: $e, role: $r}) { user { id } apiKey }
-             }",
-            json!({"e": email, "r": role}),
-        )
-        .await;
-    (
-        id(&d["createUser"]["user"]["id"]),
-        id(&d["createUser"]["apiKey"]),
-    )
-}
-
 /// `n` pay-as-you-go members of the account; returns their keys.
 async fn members(s: &TestServer, acct: &Acct, tag: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     let mut keys = Vec::new();
     for i in 0..n {
-        let (uid, key) = create_user(s, &acct.admin, &format!("m{i}@{tag}.test"), "MEMBER").await;
+        let email = format!("m{i}@{tag}.test");
+        let (uid, key) = s.create_user(&acct.admin, &email, &email, "MEMBER").await;
         ids.push(uid);
         keys.push(key);
     }
@@ -86,17 +70,6 @@ async fn members(s: &TestServer, acct: &Acct, tag: &str, n: usize) -> Vec<String
     )
     .await;
     keys
-}
-
-async fn upsert_product(s: &TestServer, code: &str, daily_rate: i64) {
-    s.ok(
-        OP,
-        "mutation($c: String!, $r: Int!) {
-           upsertProduct(input: {code: $c, name: $c, dailyRate: $r}) { id }
-         }",
-        json!({"c": code, "r": daily_rate}),
-    )
-    .await;
 }
 
 /// A self-service purchase by the account's admin.
@@ -311,15 +284,15 @@ async fn low_balance_email_over_smtp(backend: &str, queue_url: &str) -> String {
         ("DAYPASS_QUEUE_NAME", queue_name.as_str()),
     ])
     .await;
-    upsert_product(&s, "cad", 10).await;
+    s.upsert_product("cad", 10).await;
     let name = format!("Northwind {backend}");
     let acct = create_account(&s, &name).await;
     let tag = format!("northwind-{backend}");
     // Three admins; the third leaves, so only two receive the e-mail.
     let second = format!("second-admin@{tag}.test");
     let third = format!("third-admin@{tag}.test");
-    create_user(&s, &acct.admin, &second, "ADMIN").await;
-    let (third_id, _) = create_user(&s, &acct.admin, &third, "ADMIN").await;
+    s.create_user(&acct.admin, &second, &second, "ADMIN").await;
+    let (third_id, _) = s.create_user(&acct.admin, &third, &third, "ADMIN").await;
     s.ok(
         Some(&acct.admin),
         "mutation($u: ID!) { deactivateUser(userId: $u) { active } }",
@@ -468,7 +441,7 @@ async fn file_mail_server(dir: &std::path::Path) -> TestServer {
 async fn one_low_balance_email_per_crossing_rearmed_by_purchase() {
     let mail = tempfile::tempdir().unwrap();
     let s = file_mail_server(mail.path()).await;
-    upsert_product(&s, "cad", 10).await;
+    s.upsert_product("cad", 10).await;
     let acct = create_account(&s, "Crossings").await;
     let keys = members(&s, &acct, "crossings", 12).await;
     buy(&s, &acct.admin, 100).await;
@@ -540,7 +513,7 @@ async fn tokens_exhausted_at_most_once_per_account_and_utc_day() {
     if now.hour() == 23 && now.minute() >= 50 {
         advance(&s, 1).await;
     }
-    upsert_product(&s, "cad", 10).await;
+    s.upsert_product("cad", 10).await;
     let dry = create_account(&s, "Dry").await;
     let keys = members(&s, &dry, "dry", 3).await;
     let other = create_account(&s, "Arid").await;
@@ -586,7 +559,7 @@ async fn tokens_exhausted_at_most_once_per_account_and_utc_day() {
 async fn one_expiry_reminder_per_lot_with_tokens_left() {
     let mail = tempfile::tempdir().unwrap();
     let s = file_mail_server(mail.path()).await;
-    upsert_product(&s, "cad", 10).await;
+    s.upsert_product("cad", 10).await;
     let acct = create_account(&s, "Reminders").await;
     let keys = members(&s, &acct, "reminders", 1).await;
     set_threshold(&s, &acct.admin, 0).await; // no low-balance e-mail in the way
@@ -648,7 +621,7 @@ async fn smtp_down_is_retried_then_delivered_once_or_given_up_after_eight() {
         ("DAYPASS_QUEUE_NAME", queue_name.as_str()),
     ])
     .await;
-    upsert_product(&s, "cad", 10).await;
+    s.upsert_product("cad", 10).await;
     let acct = create_account(&s, "Outage").await;
     let keys = members(&s, &acct, "outage", 1).await;
     buy(&s, &acct.admin, 60).await;
@@ -744,7 +717,7 @@ async fn worker_killed_mid_send_loses_no_email() {
     let s = TestServer::start_with(&api_env).await;
     let mut worker = TestWorker::start(&s.database_url, &shared).await;
 
-    upsert_product(&s, "cad", 10).await;
+    s.upsert_product("cad", 10).await;
     const ACCOUNTS: usize = 6;
     let mut accounts = Vec::new();
     for i in 0..ACCOUNTS {
@@ -868,7 +841,7 @@ async fn two_servers_sweeping_at_once_expire_each_lot_once_and_remind_once() {
     ];
     let s1 = TestServer::start_with(&env).await;
     let s2 = TestServer::start_on(&s1.database_url, &env).await;
-    upsert_product(&s1, "cad", 10).await;
+    s1.upsert_product("cad", 10).await;
 
     // Each server has its own test clock: lots recorded as bought long ago expire
     // whatever either clock says; one expires within a week and is partly used first;
@@ -1002,7 +975,7 @@ async fn a_notification_whose_push_was_lost_is_sent_by_the_dispatcher() {
         ],
     )
     .await;
-    upsert_product(&s, "cad", 10).await;
+    s.upsert_product("cad", 10).await;
     let acct = create_account(&s, "Lost Push").await;
     let keys = members(&s, &acct, "lost-push", 1).await;
     deny(&s, &keys[0], "cad").await;
