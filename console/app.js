@@ -599,7 +599,7 @@ function renderPeople() {
       ? el("input", { type: "checkbox", checked: u.flexAssigned, "aria-label": `Pay-as-you-go for ${u.name}`, onchange: (ev) => setFlex(u, ev.target) })
       : el("span", { text: u.flexAssigned ? "Assigned" : "Not assigned" });
     const actions = manage ? el("td", { class: "row-actions" },
-      u.active ? el("button", { type: "button", class: "button-small", "aria-label": `Edit products for ${u.name}`, text: "Products…", onclick: () => editProducts(u) }) : null,
+      u.active ? el("button", { type: "button", class: "button-small edit-products", "aria-label": `Edit products for ${u.name}`, text: "Products…", onclick: () => editProducts(u) }) : null,
       u.active && u.id !== me ? el("button", { type: "button", class: "button-small button-danger", "aria-label": `Deactivate ${u.name}`, text: "Deactivate", onclick: () => deactivate(u) }) : null) : null;
     return el("tr", { "data-user-id": u.id, "data-user-email": u.email, class: u.active ? null : "inactive" },
       el("th", { scope: "row", text: u.name }),
@@ -638,9 +638,20 @@ function deactivate(user) {
   }, $("#page-people"));
 }
 
-/** The product dialog for one user (`user`) or the whole account (null). */
+/** The button that opens the product dialog for `user` (null: the whole account). */
+function productsButton(user) {
+  return user ? $(`#people-table tr[data-user-id="${user.id}"] .edit-products`) : $("#account-products-edit");
+}
+
+/**
+ * The product dialog for one user (`user`) or the whole account (null). A modal
+ * dialog: Escape or Cancel closes it without saving; focus starts on the chosen
+ * option and goes back to the button that opened it (found again after a save,
+ * which redraws the table).
+ */
 function editProducts(user) {
   const dialog = $("#products-dialog");
+  const error = $("#products-error");
   const { products, accountAllowed } = S.people;
   const current = user ? user.allowedProducts : accountAllowed;
   $("#products-dialog-title").textContent = user ? `Products for ${user.name}` : "Products for the whole account";
@@ -660,24 +671,45 @@ function editProducts(user) {
   };
   for (const r of $$("input[name=mode]", dialog)) r.onchange = syncBoxes;
   syncBoxes();
-  dialog.onclose = null;
-  $("#products-form").onsubmit = (ev) => {
+  error.hidden = true;
+  error.textContent = "";
+  const returnFocus = () => {
+    const button = productsButton(user);
+    (button && !button.closest("[hidden]") ? button : $("#people-title")).focus();
+  };
+  let saved = false;
+  // After a save the table is redrawn first, then focus goes back (below).
+  dialog.onclose = () => { if (!saved) returnFocus(); };
+  $("#products-form").onsubmit = async (ev) => {
     ev.preventDefault();
     const list = $("input[name=mode][value=list]", dialog).checked;
     const ids = list ? $$("input[name=product]:checked", dialog).map((b) => b.value) : null;
-    guard(async () => {
+    error.hidden = true;
+    dialog.setAttribute("aria-busy", "true");
+    try {
       // The operator names the account for its account-wide list.
       await S.api.gql(
         "mutation($u: ID, $p: [ID!], $a: ID) { setAllowedProducts(userId: $u, productIds: $p, accountId: $a) }",
         { u: user ? user.id : null, p: ids, a: user ? null : acct() },
       );
-      dialog.close();
-      announce(user ? `Products for ${user.name} saved` : "Products for the account saved");
-      await loadPeople();
-    }, dialog);
+    } catch (e) {
+      // Shown in the dialog: the page behind a modal dialog is out of reach.
+      error.textContent = e instanceof ApiError ? e.message : `Something went wrong in the console: ${e?.message || e}`;
+      error.hidden = false;
+      if (!(e instanceof ApiError)) console.error(e);
+      return;
+    } finally {
+      dialog.removeAttribute("aria-busy");
+    }
+    saved = true;
+    dialog.close();
+    announce(user ? `Products for ${user.name} saved` : "Products for the account saved");
+    await guard(loadPeople, $("#page-people"));
+    returnFocus();
   };
   $("#products-cancel").onclick = () => dialog.close();
   dialog.showModal();
+  $("input[name=mode]:checked", dialog).focus();
 }
 $("#account-products-edit").addEventListener("click", () => editProducts(null));
 
@@ -815,8 +847,10 @@ $("#buy-form").addEventListener("submit", (ev) => {
     const r = $("#buy-result");
     r.textContent = `Bought ${int.format(lot.quantity)} tokens for ${money(lot.quantity * lot.unitPriceMinor, lot.currency)}. They expire on ${day(lot.expiresAt)}.`;
     r.hidden = false;
-    announce(r.textContent);
     submit.textContent = "Bought";
+    // The button just pressed is disabled now: the receipt takes the focus (and is
+    // read out), so a keyboard user does not lose their place.
+    r.focus();
     const b = await S.api.gql("query($a: ID) { account(id: $a) { balance lowBalanceThreshold } }", { a: acct() });
     renderBalance(accountOf(b).balance, accountOf(b).lowBalanceThreshold);
   }, $("#buy-form"));
@@ -857,6 +891,41 @@ async function loadNotifications(more = false) {
 }
 LOADERS.notifications = () => loadNotifications(false);
 $("#notifications-more").addEventListener("click", () => guard(() => loadNotifications(true), $("#page-notifications")));
+
+// ---------------------------------------------------------------- keyboard
+
+// The skip link goes to the page's heading. Followed as a link it would set the hash
+// to "#main", which the router reads as a page name (and shows the balance).
+$(".skip-link").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  const shown = $$(".page").find((p) => !p.hidden);
+  (shown ? $("h1", shown) : $("#main")).focus();
+});
+
+/**
+ * A table wider than its box scrolls sideways (on a phone, say). Keyboard users can
+ * scroll it only once it has the focus, so while it overflows its box is focusable,
+ * a region named after the table's caption (WCAG 2.1.1).
+ */
+function fitScroll(wrap) {
+  const scrolls = wrap.scrollWidth > wrap.clientWidth + 1;
+  if (scrolls === wrap.hasAttribute("tabindex")) return;
+  if (scrolls) {
+    const name = $("caption", wrap)?.textContent.trim() || "Table";
+    wrap.tabIndex = 0;
+    wrap.setAttribute("role", "region");
+    wrap.setAttribute("aria-label", `${name} (scrolls sideways)`);
+  } else {
+    for (const a of ["tabindex", "role", "aria-label"]) wrap.removeAttribute(a);
+  }
+}
+const scrollWatch = new ResizeObserver((entries) => {
+  for (const e of entries) fitScroll(e.target.closest(".table-wrap"));
+});
+for (const wrap of $$(".table-wrap")) {
+  scrollWatch.observe(wrap);
+  scrollWatch.observe($("table", wrap));
+}
 
 // ---------------------------------------------------------------- start
 

@@ -3,10 +3,12 @@
 // over GraphQL and runs this file with the seed in DAYPASS_CONSOLE_SEED (JSON):
 //   { url, adminKey, analystKey, memberKey, operatorKey, now, expect: {...}, users: {...} }
 // Screenshots go to DAYPASS_CONSOLE_SCREENSHOTS (printed at the start and the end).
-// Exit 0 when every step passed.
+// Every page the story visits is also checked with axe-core against WCAG 2.0/2.1 A
+// and AA; a violation fails its step. Exit 0 when every step passed.
 
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 
 const seed = JSON.parse(process.env.DAYPASS_CONSOLE_SEED || "null");
@@ -40,6 +42,85 @@ function eq(actual, expected, what) {
   if (a !== b) throw new Error(`${what}: expected ${b}, got ${a}`);
 }
 const num = (text) => Number(String(text).replace(/[^\d-]/g, ""));
+
+// ------------------------------------------------------------------ accessibility
+
+const require = createRequire(import.meta.url);
+const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const AXE_VERSION = JSON.parse(readFileSync(require.resolve("axe-core/package.json"), "utf8")).version;
+const AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
+const axeChecked = [];
+
+/**
+ * Runs axe-core on the page as it is now and fails on any WCAG 2.0/2.1 A or AA
+ * violation, naming the rule, its impact, its help text and the elements. axe goes in
+ * through page.evaluate (the DevTools protocol), which the page's policy
+ * (`script-src 'self'`) does not govern: the served CSP stays as it is, and the
+ * context does not bypass it either, so the last step still catches any CSP
+ * violation of the console itself. `exclude` takes CSS selectors (none so far).
+ */
+async function a11y(page, where, { exclude = [] } = {}) {
+  if (!(await page.evaluate(() => typeof window.axe === "object"))) await page.evaluate(`${AXE_SOURCE}\n;undefined`);
+  // Let layout and the console's resize observers settle first.
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  const violations = await page.evaluate(async ({ tags, exclude: ex }) => {
+    const context = ex.length ? { include: [document], exclude: ex.map((sel) => [sel]) } : document;
+    const r = await window.axe.run(context, { runOnly: { type: "tag", values: tags }, resultTypes: ["violations"] });
+    return r.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      help: v.help,
+      nodes: v.nodes.map((n) => `${n.target.join(" ")}${n.failureSummary ? `\n        ${n.failureSummary.replace(/\n/g, "\n        ")}` : ""}`),
+    }));
+  }, { tags: AXE_TAGS, exclude });
+  if (violations.length) {
+    const lines = violations.map((v) => `  ${v.id} (${v.impact}): ${v.help}\n${v.nodes.map((n) => `      ${n}`).join("\n")}`);
+    throw new Error(`axe-core ${AXE_VERSION}: ${violations.length} accessibility violation(s) on ${where}:\n${lines.join("\n")}`);
+  }
+  axeChecked.push(where);
+}
+
+// ------------------------------------------------------------------ keyboard
+
+/** What has the keyboard focus, in terms a test can match. */
+const focusInfo = (page) => page.evaluate(() => {
+  const a = document.activeElement;
+  if (!a || a === document.body) return null;
+  return {
+    tag: a.tagName.toLowerCase(),
+    id: a.id,
+    cls: typeof a.className === "string" ? a.className : "",
+    type: a.getAttribute("type"),
+    value: a.value ?? null,
+    page: a.dataset.page ?? null,
+    row: a.closest("tr")?.dataset.userEmail ?? null,
+    label: a.getAttribute("aria-label"),
+    text: (a.textContent || "").trim().slice(0, 40),
+    inDialog: !!a.closest("dialog[open]"),
+  };
+});
+const describe = (f) => (f ? (f.id ? `#${f.id}` : `${f.tag}${f.cls ? `.${f.cls.split(" ").join(".")}` : ""}(${f.label || f.text || f.value || ""})`) : "body");
+
+/** Presses Tab (Shift+Tab with `back`) until `test(focusInfo)` holds; at most `max` times. */
+async function tabTo(page, what, test, { back = false, max = 40 } = {}) {
+  const path = [];
+  for (let i = 0; i < max; i += 1) {
+    await page.keyboard.press(back ? "Shift+Tab" : "Tab");
+    const f = await focusInfo(page);
+    path.push(describe(f));
+    if (f && test(f)) return f;
+  }
+  throw new Error(`${what}: not reached with ${max} × ${back ? "Shift+Tab" : "Tab"}: ${path.join(" → ")}`);
+}
+
+/** Waits until the focus is where `test` wants it. */
+async function focusIs(page, what, test) {
+  let last = null;
+  await waitFor(`the focus on ${what}`, async () => {
+    last = await focusInfo(page);
+    return last && test(last);
+  }, 10_000).catch((e) => { throw new Error(`${e.message}; it is on ${describe(last)}`); });
+}
 
 /** Polls `fn` until it returns a truthy value; fails with `what` after `ms`. */
 async function waitFor(what, fn, ms = 30_000) {
@@ -171,6 +252,7 @@ try {
     eq(await page.getAttribute("#signin-key", "type"), "password", "key input type");
     eq(await text(page, "label[for=signin-key]"), "API key", "key label");
     await shot(page, "signin", "sign-in page");
+    await a11y(page, "the sign-in page");
   });
 
   await step("a wrong key is refused in words", async () => {
@@ -179,6 +261,7 @@ try {
     await waitFor("the sign-in error", () => visible(page, "#signin-error"));
     assert(/not recognised/.test(await text(page, "#signin-error")), "explains the wrong key");
     eq(await page.evaluate(() => sessionStorage.length), 0, "nothing stored");
+    await a11y(page, "the sign-in page with its error");
   });
 
   await step("the admin signs in with the keyboard; the key is in session storage, not the URL", async () => {
@@ -194,6 +277,8 @@ try {
     eq(await page.evaluate(() => sessionStorage.getItem("daypass.apiKey")), seed.adminKey, "session storage");
     eq(await text(page, "#who-role"), "Admin", "role badge");
     eq(await text(page, "#who-account"), E.accountName, "account name");
+    // The router moves the focus to the page's heading, where reading starts.
+    await focusIs(page, "the Balance heading", (f) => f.id === "balance-title");
   });
 
   await step("balance: available, used and purchased match the seed; the ring is red below the threshold", async () => {
@@ -213,6 +298,7 @@ try {
     // follows has no answer of its own, so give the server a moment to start it.
     await new Promise((r) => setTimeout(r, 500));
     await shot(page, "balance", "Balance (admin): ring below the threshold, lots, one expiring soon");
+    await a11y(page, "Balance (admin)");
   });
 
   await step("a purchase made elsewhere shows up live, without a reload", async () => {
@@ -240,6 +326,10 @@ try {
     eq(Object.fromEntries(Object.entries(table).map(([k, v]) => [k, v.tokens])), E.byUser, "tokens by user");
     eq(table[E.deniedEmail].denials, 1, "the denial is counted");
     await shot(page, "usage", "Usage (admin), last 365 days: day chart, product bars, user table");
+    await a11y(page, "Usage (admin)");
+    await page.click("#page-usage details.data-table summary");
+    await a11y(page, "Usage (admin) with the day table open");
+    await page.click("#page-usage details.data-table summary");
   });
 
   await step("the user table sorts by a column, with aria-sort", async () => {
@@ -288,6 +378,7 @@ try {
     assert(/up to 10,000 tokens/.test(await text(page, "#buy-limit")), "names the limit");
     assert(await page.isDisabled("#buy-submit"), "no purchase above the limit");
     await shot(page, "buy-above-limit", "Buy tokens: 20,000 is above the self-service limit");
+    await a11y(page, "Buy tokens above the self-service limit");
     const q = (await gql(seed.adminKey, "{ priceQuote(quantity: 1000) { totalMinor } }")).priceQuote;
     await page.fill("#buy-quantity", "1000");
     await waitFor("the quote", async () => !(await page.isDisabled("#buy-submit")));
@@ -298,6 +389,7 @@ try {
     assert(/^Bought 1,000 tokens/.test(await text(page, "#buy-result")), "receipt");
     balance += 1000;
     await shot(page, "buy", "Buy tokens: the purchase done");
+    await a11y(page, "Buy tokens after the purchase");
   });
 
   await step("after buying, the balance, the ring and the lot chart changed", async () => {
@@ -318,6 +410,7 @@ try {
     eq((await page.$$("#forecast-table tbody tr")).length, 1, "forecast row");
     assert((await page.$$("#advice-table tbody tr.recommend")).length >= 1, "at least one user should subscribe");
     await shot(page, "spending", "Spending: range figures, forecast, subscription advice");
+    await a11y(page, "Spending (admin)");
   });
 
   await step("people: the admin restricts a user's products and the API enforces it", async () => {
@@ -331,6 +424,7 @@ try {
       else await box.uncheck();
     }
     await shot(page, "people-restrict", "People: restricting a user's products (dialog)");
+    await a11y(page, "People: the restrict-products dialog");
     await page.click("#products-save");
     await page.waitForSelector("#products-dialog:not([open])", { state: "attached" });
     await waitFor("the row to show the restriction", async () => (await text(page, `${row} td[data-col=products]`)) === `Only: ${E.allowedProductName}`);
@@ -355,6 +449,7 @@ try {
       return us.find((e) => e.node.email === "eve@acme.test").node.flexAssigned;
     });
     await shot(page, "people", "People (admin): restriction saved, new user with the key shown once");
+    await a11y(page, "People (admin) with a new user's key");
     await go(page, "balance");
     eq(await page.isVisible("#new-key"), false, "the key is gone once the admin moves on");
   });
@@ -371,6 +466,87 @@ try {
     assert(reminder && reminder.failed && /Failed/.test(reminder.text) && reminder.error.length > 0,
       `the reminder failed, with its error: ${JSON.stringify(reminder)}`);
     await shot(page, "notifications", "Notifications: two e-mails sent to the admin, the expiry reminder failing");
+    await a11y(page, "Notifications");
+  });
+
+  await step("keyboard only: to Buy tokens through the navigation, a quantity, the Buy button", async () => {
+    // The page heading has the focus (the router put it there); the navigation is
+    // just before the page.
+    await focusIs(page, "the Notifications heading", (f) => f.id === "notifications-title");
+    const link = await tabTo(page, "the navigation", (f) => f.page != null, { back: true, max: 5 });
+    eq(link.page, "notifications", "the navigation's last link comes first going back");
+    await tabTo(page, "the Buy tokens link", (f) => f.page === "buy", { back: true, max: 3 });
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => !document.querySelector("#page-buy").hidden
+      && !document.querySelector("#page-buy").hasAttribute("aria-busy"));
+    await focusIs(page, "the Buy tokens heading", (f) => f.id === "buy-title");
+    await tabTo(page, "the quantity", (f) => f.id === "buy-quantity", { max: 3 });
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type(String(E.keyboardQuantity));
+    await waitFor("the quote", async () => (await text(page, "#buy-quote")).startsWith(`${E.keyboardQuantity} tokens × `)
+      && !(await page.isDisabled("#buy-submit")));
+    await tabTo(page, "the Buy button", (f) => f.id === "buy-submit", { max: 3 });
+    await shot(page, "keyboard-buy", "Buy tokens with the keyboard: the focused Buy button, quantity typed");
+    const before = (await gql(seed.adminKey, "{ account { balance } }")).account.balance;
+    await page.keyboard.press("Space");
+    await waitFor("the receipt", () => visible(page, "#buy-result"));
+    assert((await text(page, "#buy-result")).startsWith(`Bought ${E.keyboardQuantity} tokens`), "receipt");
+    eq((await gql(seed.adminKey, "{ account { balance } }")).account.balance, before + E.keyboardQuantity, "balance over the API");
+    balance += E.keyboardQuantity;
+    // The pressed button is disabled now; the receipt holds the focus instead.
+    await focusIs(page, "the receipt", (f) => f.id === "buy-result");
+    // The skip link goes to the current page's heading, not to another page.
+    await tabTo(page, "the skip link", (f) => f.cls === "skip-link", { back: true, max: 15 });
+    await page.keyboard.press("Enter");
+    await focusIs(page, "the Buy tokens heading", (f) => f.id === "buy-title");
+    eq(new URL(page.url()).hash, "#buy", "still on Buy tokens");
+    assert(await visible(page, "#page-buy"), "Buy tokens shown");
+  });
+
+  await step("keyboard only: the products dialog opens, works, and closes with Escape", async () => {
+    await tabTo(page, "the People link", (f) => f.page === "people", { back: true, max: 6 });
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => !document.querySelector("#page-people").hidden
+      && !document.querySelector("#page-people").hasAttribute("aria-busy"));
+    await focusIs(page, "the People heading", (f) => f.id === "people-title");
+    const opener = (f) => f.row === E.keyboardEmail && f.cls.includes("edit-products");
+    await tabTo(page, `the Products button of ${E.keyboardEmail}`, opener, { max: 40 });
+    const allowed = async () => (await gql(seed.adminKey, "{ account { users { edges { node { id email allowedProducts { id } } } } } }"))
+      .account.users.edges.map((e) => e.node).find((u) => u.email === E.keyboardEmail);
+    eq((await allowed()).allowedProducts, null, "no restriction at first");
+
+    // Open, choose "only these products" with an arrow key, tick the first one with
+    // Space, then Escape: nothing is saved and the focus is back on the button.
+    const operate = async () => {
+      await page.keyboard.press("Enter");
+      await page.waitForSelector("#products-dialog[open]");
+      await focusIs(page, "the chosen option in the dialog", (f) => f.inDialog && f.type === "radio" && f.value === "inherit");
+      await page.keyboard.press("ArrowDown");
+      eq(await page.isChecked("#products-dialog input[name=mode][value=list]"), true, "arrow key chose a list");
+      const box = await tabTo(page, "the first product", (f) => f.inDialog && f.type === "checkbox", { max: 2 });
+      await page.keyboard.press("Space");
+      eq(await page.isChecked(`#products-dialog input[name=product][value="${box.value}"]`), true, "Space ticked the box");
+      return box.value;
+    };
+    await operate();
+    await shot(page, "keyboard-dialog", "People: the products dialog used with the keyboard");
+    await page.keyboard.press("Escape");
+    await page.waitForSelector("#products-dialog:not([open])", { state: "attached" });
+    await focusIs(page, "the button that opened the dialog", opener);
+    eq((await allowed()).allowedProducts, null, "Escape saved nothing");
+
+    // Again, and save with Enter on Save: the focus comes back to the (redrawn) button.
+    const product = await operate();
+    await tabTo(page, "Save", (f) => f.id === "products-save", { max: 8 });
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("#products-dialog:not([open])", { state: "attached" });
+    const user = await waitFor("the saved restriction", async () => {
+      const u = await allowed();
+      return u.allowedProducts?.length === 1 && u.allowedProducts[0].id === product && u;
+    });
+    await focusIs(page, "the button that opened the dialog, after the save", opener);
+    // Undone, so the user is as seeded for the rest of the story.
+    await gql(seed.adminKey, "mutation($u: ID) { setAllowedProducts(userId: $u, productIds: null) }", { u: user.id });
   });
 
   await step("an error from the API is shown in words", async () => {
@@ -383,6 +559,7 @@ try {
     const alert = await text(page, "#alert");
     assert(/^Daypass did not accept this: .*at most 3,?700 days/.test(alert), `alert: ${alert}`);
     assert(/Dismiss$/.test(alert), "the alert can be dismissed");
+    await a11y(page, "Usage with an error shown");
     await page.click("#alert button");
     await page.selectOption("#usage-preset", "last365");
   });
@@ -394,10 +571,12 @@ try {
     const overflow = () => phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     eq(await overflow(), 0, "no sideways scrolling on the balance page");
     await shot(phone, "phone-balance", "Balance at phone width (390×844)");
+    await a11y(phone, "Balance at phone width");
     await go(phone, "usage");
     await waitFor("the day chart", () => chartData(phone, "chart-days"));
     eq(await overflow(), 0, "no sideways scrolling on the usage page");
     await shot(phone, "phone-usage", "Usage at phone width (390×844)");
+    await a11y(phone, "Usage at phone width");
     await phone.context().close();
     pages.splice(pages.indexOf(phone), 1);
   });
@@ -421,13 +600,16 @@ try {
     eq(await page.isVisible("#create-user-form"), false, "no add-user form");
     eq(await page.isVisible("#account-products-edit"), false, "no account-wide products button");
     await shot(page, "analyst-people", "People as an analyst: read-only");
+    await a11y(page, "People (analyst)");
     await page.goto(`${seed.url}/#buy`);
     await page.waitForSelector("#page-denied:not([hidden])");
     assert(/does not include buying tokens/.test(await text(page, "#denied-text")), "says why");
     eq(await page.$$eval("#buy-submit", (b) => b.filter((x) => x.offsetParent !== null).length), 0, "no visible Buy button");
     await shot(page, "analyst-buy", "Buy tokens as an analyst: not available");
+    await a11y(page, "Buy tokens (analyst): not available");
     await go(page, "spending");
     assert(num(await text(page, "#sp-tokens")) > 0, "the analyst reads spending");
+    await a11y(page, "Spending (analyst)");
   });
 
   await step("a member sees the balance and their own usage only", async () => {
@@ -438,10 +620,12 @@ try {
     await waitFor("the balance", async () => num(await text(page, "#balance-available")) > 0);
     eq(await page.isVisible("#lots-card"), false, "no lots");
     await shot(page, "member-balance", "Balance as a member: no lots");
+    await a11y(page, "Balance (member)");
     await go(page, "usage");
     const table = await usageTable(page);
     eq(Object.keys(table), [E.memberEmail], "only their own row");
     await shot(page, "member-usage", "Usage as a member: their own");
+    await a11y(page, "Usage (member)");
   });
 
   await step("the operator picks an account and sees its balance", async () => {
@@ -453,6 +637,47 @@ try {
     await waitFor("the account's balance", async () => num(await text(page, "#balance-available")) > 0);
     eq(await page.$eval("#account-select", (s) => s.selectedOptions[0].textContent), `${E.accountName} (#${E.accountId})`, "account chosen");
     await shot(page, "operator-balance", "Balance as the operator, with the account picker");
+    await a11y(page, "Balance (operator) with the account picker");
+  });
+
+  await step("the operator changes the account-wide product list on People, and the API has it", async () => {
+    const listed = async () => {
+      const a = (await gql(seed.operatorKey, "query($id: ID) { account(id: $id) { allowedProducts { code } } }", { id: E.accountId })).account;
+      return a.allowedProducts && a.allowedProducts.map((p) => p.code).sort();
+    };
+    eq(await listed(), null, "no account-wide list at first");
+    await go(page, "people");
+    eq(await text(page, "#account-products"), "Every catalog product.", "the page says so");
+    eq((await page.$$("#people-table tbody tr")).length, E.users + 1, "the chosen account's users");
+    await a11y(page, "People (operator)");
+    const { products } = await gql(seed.operatorKey, "{ products { id code name } }");
+    const want = ["cad", "viz"];
+    const edit = async (list) => {
+      await page.click("#account-products-edit");
+      await page.waitForSelector("#products-dialog[open]");
+      eq(await text(page, "#products-dialog-title"), "Products for the whole account", "dialog title");
+      if (!list) return page.check("#products-dialog input[name=mode][value=inherit]");
+      await page.check("#products-dialog input[name=mode][value=list]");
+      for (const p of products) {
+        const box = `#products-dialog input[name=product][value="${p.id}"]`;
+        if (list.includes(p.code)) await page.check(box); else await page.uncheck(box);
+      }
+      return undefined;
+    };
+    await edit(want);
+    await shot(page, "operator-account-products", "People as the operator: the account-wide products dialog");
+    await a11y(page, "People (operator): the account-wide products dialog");
+    await page.click("#products-save");
+    await page.waitForSelector("#products-dialog:not([open])", { state: "attached" });
+    const names = products.filter((p) => want.includes(p.code)).map((p) => p.name).join(", ");
+    await waitFor("the account-wide list on the page", async () => (await text(page, "#account-products")) === `Only: ${names}.`);
+    eq(await listed(), want, "the account's allowedProducts over the API (operator key)");
+    // Back to every product, through the same dialog.
+    await edit(null);
+    await page.click("#products-save");
+    await page.waitForSelector("#products-dialog:not([open])", { state: "attached" });
+    await waitFor("every product again on the page", async () => (await text(page, "#account-products")) === "Every catalog product.");
+    eq(await listed(), null, "the account-wide list removed over the API");
   });
 
   await step("no script error, CSP violation or failed load in the browser console", async () => {
@@ -465,6 +690,7 @@ try {
   await browser.close();
 }
 
+console.log(`axe-core ${AXE_VERSION} (WCAG 2.0/2.1 A and AA) found no violation on ${axeChecked.length} views: ${axeChecked.join("; ")}`);
 console.log(`screenshots in ${SHOTS}:`);
 for (const s of shots) console.log(`  ${s}`);
 console.log(exitCode === 0 ? `console: all ${passed} steps passed` : `console: failed after ${passed} steps`);

@@ -141,28 +141,6 @@ async fn upsert_product(s: &TestServer, code: &str, name: &str, rate: i64, annua
     .await;
 }
 
-async fn create_user(
-    s: &TestServer,
-    admin: &str,
-    name: &str,
-    email: &str,
-    role: &str,
-) -> (String, String) {
-    let d = s
-        .ok(
-            Some(admin),
-            "mutation($n: String!, $e: String!, $r: Role!) {
-               createUser(input: {email: $e, name: $n, role: $r}) { user { id } apiKey }
-             }",
-            json!({"n": name, "e": email, "r": role}),
-        )
-        .await;
-    (
-        id(&d["createUser"]["user"]["id"]),
-        id(&d["createUser"]["apiKey"]),
-    )
-}
-
 /// One person of the seeded account.
 struct Person {
     email: &'static str,
@@ -201,10 +179,15 @@ impl Tally {
     }
 }
 
+/// Tokens the browser test buys with the keyboard alone.
+const KEYBOARD_PURCHASE: i64 = 250;
+
 /// Sign in as admin, read the balance, watch it change live, read usage and download
 /// the CSV, buy tokens, read spending, restrict a user and add one, read the
-/// notifications, use a phone-sized window, and find an analyst's and a member's
-/// console without what their role may not do; screenshots of each page.
+/// notifications, buy and use the product dialog with the keyboard alone, use a
+/// phone-sized window, find an analyst's and a member's console without what their
+/// role may not do, and change an account's product list as the operator; axe-core
+/// checks every page against WCAG 2.1 A and AA; screenshots of each page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() {
     let Some((node, chromium)) = browser_tools() else {
@@ -255,7 +238,7 @@ async fn console_in_a_real_browser() {
         ("Cleo Designer", "cleo@acme.test", "MEMBER"),
         ("Dev Drafter", "dev@acme.test", "MEMBER"),
     ] {
-        let (user_id, key) = create_user(&s, &admin.key, name, email, role).await;
+        let (user_id, key) = s.create_user(&admin.key, email, name, role).await;
         if role == "MEMBER" {
             flex_ids.push(user_id);
         }
@@ -370,6 +353,8 @@ async fn console_in_a_real_browser() {
             "restrictEmail": ben.email,
             "allowedProductId": product_id("viz"),
             "allowedProductName": "Viz Render",
+            "keyboardEmail": dev.email,
+            "keyboardQuantity": KEYBOARD_PURCHASE,
         },
     });
 
@@ -423,7 +408,7 @@ async fn console_in_a_real_browser() {
         .await["account"]["balance"]);
     assert_eq!(
         after,
-        balance + 100 + 1000,
-        "the two purchases of the browser test"
+        balance + 100 + 1000 + KEYBOARD_PURCHASE,
+        "the three purchases of the browser test"
     );
 }
