@@ -1144,3 +1144,48 @@ async fn mutations_past_the_per_key_rate_are_refused_and_change_nothing() {
         "RATE_LIMITED"
     );
 }
+
+/// The per-key limit counts mutations sent over a WebSocket too, against the same
+/// budget as the key's POSTs: a connection is no way around it.
+#[tokio::test]
+async fn mutations_over_a_websocket_count_against_the_keys_rate() {
+    use daypass_tests::ws::{Incoming, WsClient};
+    let s = TestServer::start_with(&[("DAYPASS_MUTATION_RATE", "3")]).await;
+    let (_, _, admin) = create_account(&s, "Socket").await;
+    let buy = "mutation($k: String!) { purchaseTokens(input: {quantity: 10, idempotencyKey: $k}) { id } }";
+    let mut ws = WsClient::open(&s, &admin).await;
+    let mut answers = Vec::new();
+    for k in ["a", "b", "c", "d"] {
+        let id = ws.subscribe(buy, json!({"k": k})).await;
+        // The answer: `next` with the result, or `error` when refused before running.
+        let answer = loop {
+            match ws.recv(std::time::Duration::from_secs(10)).await {
+                Some(Incoming::Message(m)) if m["id"] == id && m["type"] == "next" => {
+                    break m["payload"].clone();
+                }
+                Some(Incoming::Message(m)) if m["id"] == id && m["type"] == "error" => {
+                    break json!({"errors": m["payload"]});
+                }
+                Some(Incoming::Message(_)) => continue,
+                other => panic!("no answer to mutation {k}: {other:?}"),
+            }
+        };
+        answers.push(answer);
+    }
+    for a in &answers[..3] {
+        assert!(a["errors"].is_null(), "{a:#}");
+    }
+    let refused = &answers[3]["errors"][0];
+    assert_eq!(
+        refused["extensions"]["code"], "FORBIDDEN",
+        "{:#}",
+        answers[3]
+    );
+    assert_eq!(refused["extensions"]["reason"], "RATE_LIMITED");
+    // The same key over HTTP has no budget left either; the three purchases stand.
+    assert_eq!(
+        s.gql(Some(&admin), buy, json!({"k": "e"})).await["errors"][0]["extensions"]["reason"],
+        "RATE_LIMITED"
+    );
+    assert_eq!(balance(&s, &admin).await, 30);
+}

@@ -135,7 +135,7 @@ enum Op {
 
 /// What the workload generator knows besides the random numbers: only what does not
 /// depend on the server's interleaving, so a seed replays the same requests.
-struct Plan {
+struct Workload {
     rng: StdRng,
     operator_purchases: usize,
     keys: Vec<Vec<(String, i64)>>,
@@ -146,9 +146,9 @@ struct Plan {
     advanced_hours: i64,
 }
 
-impl Plan {
-    fn new(seed: u64) -> Plan {
-        Plan {
+impl Workload {
+    fn new(seed: u64) -> Workload {
+        Workload {
             rng: StdRng::seed_from_u64(seed),
             operator_purchases: 0,
             keys: vec![Vec::new(); ACCOUNTS],
@@ -1477,16 +1477,16 @@ async fn setup(seed: u64) -> Run {
 
 async fn run(seed: u64, batches: usize) -> Figures {
     let mut run = setup(seed).await;
-    let mut plan = Plan::new(seed);
+    let mut workload = Workload::new(seed);
     // From before the earliest backdated purchase to after the last clock move.
     let first_day = run.server_now().date_naive() - Duration::days(41);
     let mut figures = Figures::default();
     for number in 0..batches {
-        if let Some(hours) = plan.clock_move() {
+        if let Some(hours) = workload.clock_move() {
             run.advance(hours).await;
             figures.clock_moves += 1;
         }
-        let ops = plan.batch(run.server_now());
+        let ops = workload.batch(run.server_now());
         figures.batches += 1;
         figures.requests += ops.len();
         run.batch(number, ops, seed).await;
