@@ -822,8 +822,23 @@ function showLimit(limit) {
 let quoteTimer = null;
 $("#buy-quantity").addEventListener("input", () => {
   clearTimeout(quoteTimer);
+  // The price shown no longer holds: nothing is bought until the new quote is in.
+  S.buyKey = null;
   $("#buy-submit").disabled = true;
   quoteTimer = setTimeout(() => guard(quote), 250);
+});
+
+// Enter in the quantity before the quote came (the Buy button is disabled then, so
+// the form would ignore it): show the price now and move to the Buy button, so the
+// person confirms a price they have seen.
+$("#buy-quantity").addEventListener("keydown", (ev) => {
+  if (ev.key !== "Enter" || S.buyKey) return;
+  ev.preventDefault();
+  clearTimeout(quoteTimer);
+  guard(async () => {
+    await quote();
+    if (S.buyKey) $("#buy-submit").focus();
+  });
 });
 
 $("#buy-form").addEventListener("submit", (ev) => {

@@ -482,12 +482,26 @@ try {
     await focusIs(page, "the Buy tokens heading", (f) => f.id === "buy-title");
     await tabTo(page, "the quantity", (f) => f.id === "buy-quantity", { max: 3 });
     await page.keyboard.press("Control+A");
+    const before = (await gql(seed.adminKey, "{ account { balance } }")).account.balance;
+    // Enter right after typing, while the quote is slow to come: nothing is bought
+    // at a price not yet shown (the previous quote's no longer holds); the console
+    // shows the new price and moves to the Buy button.
+    const slowQuote = async (route) => {
+      if ((route.request().postData() || "").includes("priceQuote")) {
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+      }
+      await route.continue();
+    };
+    await page.route("**/graphql", slowQuote);
     await page.keyboard.type(String(E.keyboardQuantity));
+    await page.keyboard.press("Enter");
     await waitFor("the quote", async () => (await text(page, "#buy-quote")).startsWith(`${E.keyboardQuantity} tokens × `)
       && !(await page.isDisabled("#buy-submit")));
-    await tabTo(page, "the Buy button", (f) => f.id === "buy-submit", { max: 3 });
+    await page.unroute("**/graphql", slowQuote);
+    await focusIs(page, "the Buy button", (f) => f.id === "buy-submit");
+    eq((await gql(seed.adminKey, "{ account { balance } }")).account.balance, before, "Enter before the quote bought nothing");
+    assert(!(await visible(page, "#buy-result")), "no receipt");
     await shot(page, "keyboard-buy", "Buy tokens with the keyboard: the focused Buy button, quantity typed");
-    const before = (await gql(seed.adminKey, "{ account { balance } }")).account.balance;
     await page.keyboard.press("Space");
     await waitFor("the receipt", () => visible(page, "#buy-result"));
     assert((await text(page, "#buy-result")).startsWith(`Bought ${E.keyboardQuantity} tokens`), "receipt");
