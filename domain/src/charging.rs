@@ -395,7 +395,8 @@ enum Planned {
     Refused(DenyReason),
     Subscription,
     Reopen(DateTime<Utc>),
-    Denied {
+    /// Rule 11: the live lots cannot cover the daily rate.
+    ShortOfTokens {
         balance: i64,
     },
     Charge {
@@ -612,7 +613,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
             (Decision::InsideWindow(ends_at), _) => Planned::Reopen(*ends_at),
             (Decision::Charge, Some(ends_at)) => Planned::Reopen(ends_at),
             (Decision::Charge, None) => match lots.draw(*rate, now)? {
-                None => Planned::Denied {
+                None => Planned::ShortOfTokens {
                     balance: balance_before,
                 },
                 Some(draws) => {
@@ -712,7 +713,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
             Planned::Refused(reason) => Outcome::Denied(reason),
             Planned::Subscription => Outcome::Subscription,
             Planned::Reopen(ends_at) => Outcome::Reopen(ends_at),
-            Planned::Denied { balance } => {
+            Planned::ShortOfTokens { balance } => {
                 // At most one a day per account: the account's first denial asks.
                 if !exhausted_told.contains(&account.id) {
                     exhausted_told.push(account.id);
