@@ -12,8 +12,8 @@ use crate::rules::{self, SpendableLot};
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, charge, ledger_entry, lot, open, product, user, window};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IdenStatic, Iterable, QueryFilter,
-    Set,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, IdenStatic,
+    Iterable, QueryFilter, Set, Statement,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use std::collections::{BTreeMap, HashMap};
@@ -171,8 +171,24 @@ fn run_situations(db: Db, _key: i32, asked: Vec<Asked>) -> BatchFuture<Found> {
     })
 }
 
-/// The text of [`situations`]' query for `n` opens, written with `?` placeholders.
-fn situations_sql(n: usize) -> String {
+/// The text of [`situations`]' query for `n` opens in `backend`'s placeholders, built
+/// once per backend and batch size (every charging batch reads it twice: before and
+/// under the lock).
+fn situations_sql(backend: DatabaseBackend, n: usize) -> Arc<str> {
+    type Built = HashMap<(bool, usize), Arc<str>>;
+    static BUILT: std::sync::OnceLock<std::sync::Mutex<Built>> = std::sync::OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    built
+        .entry((backend == DatabaseBackend::Postgres, n))
+        .or_insert_with(|| crate::rollups::numbered(backend, &build_situations_sql(n)).into())
+        .clone()
+}
+
+/// The query with `?` placeholders.
+fn build_situations_sql(n: usize) -> String {
     // The user's and the active product's columns, prefixed to tell them apart.
     let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
         names
@@ -241,9 +257,9 @@ async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> Result<Vec<
     }
     values.push(true.into());
     let rows = conn
-        .query_all_raw(crate::rollups::stmt(
+        .query_all_raw(Statement::from_sql_and_values(
             backend,
-            &situations_sql(asked.len()),
+            situations_sql(backend, asked.len()).as_ref(),
             values,
         ))
         .await?;
