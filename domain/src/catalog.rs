@@ -223,11 +223,11 @@ async fn write_bands(conn: &impl ConnectionTrait, bands: &[Band], currency: &str
     Ok(())
 }
 
-/// Writes the demo price list into an empty database.
-pub(crate) async fn seed_price_list(db: &Db) -> Result<()> {
-    let tx = db.begin_write().await?;
-    if price_band::Entity::find().count(&*tx).await? == 0 {
-        write_bands(&*tx, &rules::demo_bands(), DEFAULT_CURRENCY).await?;
+/// Writes the demo price list into an empty database (inside the migrations' write
+/// transaction, so processes starting together seed it once).
+pub(crate) async fn seed_price_list(conn: &impl ConnectionTrait) -> Result<()> {
+    if price_band::Entity::find().count(conn).await? == 0 {
+        write_bands(conn, &rules::demo_bands(), DEFAULT_CURRENCY).await?;
     }
-    tx.commit().await
+    Ok(())
 }

@@ -6,12 +6,16 @@ use daypass_entity::account;
 use daypass_migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::SqliteSynchronous;
 use sea_orm::{
-    ColumnTrait, ConnectOptions, Database, DatabaseBackend, DatabaseConnection,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
     DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode,
     TransactionOptions, TransactionTrait,
 };
 use std::{ops::Deref, sync::Arc, time::Duration};
 use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// The PostgreSQL advisory lock key that serializes migrations ("daypass" in ASCII,
+/// read as a number, so no other application's key is likely to match).
+const MIGRATION_LOCK: i64 = 0x0064_6179_7061_7373;
 
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -168,10 +172,25 @@ impl Db {
         self.backend() == DatabaseBackend::Postgres
     }
 
+    /// Applies pending migrations and seeds the price list, one process at a time:
+    /// processes started together on a new database wait for the first, then find
+    /// the work done. The whole of it is one write transaction (DDL is transactional
+    /// on both databases); on SQLite `BEGIN IMMEDIATE` takes the writer lock, on
+    /// PostgreSQL an advisory lock held until commit serializes the migrators, which
+    /// sea-orm-migration does not do by itself.
     pub async fn migrate(&self) -> Result<()> {
-        Migrator::up(&self.conn, None).await?;
-        crate::catalog::seed_price_list(self).await?;
-        Ok(())
+        let tx = self.begin_write().await?;
+        if self.is_postgres() {
+            tx.execute_raw(sea_orm::Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [MIGRATION_LOCK.into()],
+            ))
+            .await?;
+        }
+        Migrator::up(&*tx, None).await?;
+        crate::catalog::seed_price_list(&*tx).await?;
+        tx.commit().await
     }
 
     pub async fn ping(&self) -> Result<()> {

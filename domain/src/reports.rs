@@ -21,8 +21,9 @@ use daypass_entity::{ledger_entry, lot, product};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// The longest range a report covers.
-pub const MAX_REPORT_DAYS: i64 = 3_700;
+/// The longest horizon a forecast looks ahead. (A report's range is unbounded: it
+/// costs what the days holding data cost.)
+pub const MAX_FORECAST_DAYS: i64 = 3_700;
 
 /// What a usage report may be grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,12 +113,13 @@ async fn usage(
     if q.from > q.to {
         return Err(DomainError::bad_input("from must not be after to"));
     }
-    if (q.to - q.from).num_days() >= MAX_REPORT_DAYS {
-        return Err(DomainError::bad_input(format!(
-            "a report covers at most {MAX_REPORT_DAYS} days"
-        )));
-    }
     let conn = db.conn();
+    // Any range is valid, all time included: it is read only where the account has
+    // data, so a century with a week of use costs that week.
+    let (from, to) = match rollups::days_with_usage(conn, account_id).await? {
+        Some((first, last)) => (q.from.max(first), q.to.min(last)),
+        None => (q.from, q.from - Duration::days(1)),
+    };
     let time = q
         .group_by
         .iter()
@@ -151,18 +153,18 @@ async fn usage(
         Source::Rollups => rollups::rolled_through(conn).await?,
         Source::Raw => None,
     };
-    let rolled_end = watermark.map(|w| w.min(q.to)).filter(|e| *e >= q.from);
-    let tail_from = rolled_end.map_or(q.from, |e| e + Duration::days(1));
+    let rolled_end = watermark.map(|w| w.min(to)).filter(|e| *e >= from);
+    let tail_from = rolled_end.map_or(from, |e| e + Duration::days(1));
 
     let rolled = match rolled_end {
-        Some(end) => rolled_groups(conn, account_id, grain, grouping, q.from, end, filter).await?,
+        Some(end) => rolled_groups(conn, account_id, grain, grouping, from, end, filter).await?,
         None => Vec::new(),
     };
     // The raw tail, one day at a time; user sets kept per period for distinct users.
     let mut tail: BTreeMap<GroupKey, (UsageSums, i64)> = BTreeMap::new();
     let mut tail_users: HashMap<Option<NaiveDate>, HashSet<(i32, i32)>> = HashMap::new();
     let mut day = tail_from;
-    while day <= q.to {
+    while day <= to {
         let aggregates: Vec<_> = day_aggregates(conn, day, Some(account_id))
             .await?
             .into_iter()
@@ -213,8 +215,8 @@ async fn usage(
                 },
                 _ => UserWindow {
                     period: None,
-                    start: q.from,
-                    end: q.to,
+                    start: from,
+                    end: to,
                 },
             };
             let tail = tail_users.remove(&period).unwrap_or_default();
@@ -406,9 +408,9 @@ pub async fn forecast(
     now: DateTime<Utc>,
 ) -> Result<Forecast> {
     actor.can_read_books(account_id)?;
-    if !(1..=MAX_REPORT_DAYS).contains(&horizon_days) {
+    if !(1..=MAX_FORECAST_DAYS).contains(&horizon_days) {
         return Err(DomainError::bad_input(format!(
-            "horizonDays must be between 1 and {MAX_REPORT_DAYS}"
+            "horizonDays must be between 1 and {MAX_FORECAST_DAYS}"
         )));
     }
     let to = now.date_naive() - Duration::days(1);

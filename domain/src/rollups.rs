@@ -4,17 +4,15 @@
 //! One definition of what a day's usage is ([`day_aggregates`]) serves both the job and
 //! the reports' raw tail, so a report is the same before and after the job runs.
 
-use crate::db::Db;
 use crate::error::{DomainError, Result};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use daypass_entity::open;
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, EntityTrait, QueryOrder, QueryResult, QuerySelect, Statement,
-    Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::AddAssign;
+
+mod job;
+pub use job::{CHUNK_ROWS, roll_up, roll_up_in_chunks};
 
 /// A day is rolled up only this long after it ended, so a write that read the clock
 /// just before midnight and committed just after is still in it.
@@ -231,6 +229,40 @@ pub async fn day_aggregates(
         .collect()
 }
 
+/// The first and last UTC day on which the account has usage (any open, granted or
+/// denied), in the raw opens or the daily totals: outside them every report is
+/// empty. Index probes only, whatever the range.
+pub async fn days_with_usage(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+) -> Result<Option<(NaiveDate, NaiveDate)>> {
+    // One subquery each: SQLite reads MIN or MAX from an index only when it is alone.
+    let row = conn
+        .query_one_raw(stmt(
+            conn.get_database_backend(),
+            "SELECT (SELECT MIN(at) FROM opens WHERE account_id = ?) AS first_at, \
+                    (SELECT MAX(at) FROM opens WHERE account_id = ?) AS last_at, \
+                    (SELECT MIN(day) FROM usage_day_totals WHERE account_id = ?) AS first_day, \
+                    (SELECT MAX(day) FROM usage_day_totals WHERE account_id = ?) AS last_day",
+            vec![account_id.into(); 4],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let raw_first: Option<DateTime<Utc>> = row.try_get("", "first_at")?;
+    let raw_last: Option<DateTime<Utc>> = row.try_get("", "last_at")?;
+    let rolled_first: Option<NaiveDate> = row.try_get("", "first_day")?;
+    let rolled_last: Option<NaiveDate> = row.try_get("", "last_day")?;
+    let first = [raw_first.map(|t| t.date_naive()), rolled_first]
+        .into_iter()
+        .flatten()
+        .min();
+    let last = [raw_last.map(|t| t.date_naive()), rolled_last]
+        .into_iter()
+        .flatten()
+        .max();
+    Ok(first.zip(last))
+}
+
 /// Every UTC day up to this one is in the rollups; `None` before the first run.
 pub async fn rolled_through(conn: &impl ConnectionTrait) -> Result<Option<NaiveDate>> {
     let row = conn
@@ -246,116 +278,6 @@ pub async fn rolled_through(conn: &impl ConnectionTrait) -> Result<Option<NaiveD
     })
 }
 
-/// Rolls up every closed UTC day not rolled up yet, one transaction per day, and
-/// returns how many days it rolled. Idempotent and safe to run from several workers
-/// at once: each day is taken under the watermark's lock and rebuilt whole.
-pub async fn roll_up(db: &Db, now: DateTime<Utc>) -> Result<u32> {
-    let last_closed = (now - ROLLUP_GRACE).date_naive() - Duration::days(1);
-    let backend = db.backend();
-    db.conn()
-        .execute_raw(stmt(
-            backend,
-            "INSERT INTO rollup_watermark (id, rolled_through) VALUES (1, NULL) \
-             ON CONFLICT (id) DO NOTHING",
-            vec![],
-        ))
-        .await?;
-    let mut rolled = 0;
-    loop {
-        let tx = db.begin_write().await?;
-        if db.is_postgres() {
-            tx.execute_raw(stmt(
-                backend,
-                "SELECT id FROM rollup_watermark WHERE id = 1 FOR UPDATE",
-                vec![],
-            ))
-            .await?;
-        }
-        let next = match rolled_through(&*tx).await? {
-            Some(w) => w + Duration::days(1),
-            None => {
-                let first = open::Entity::find()
-                    .select_only()
-                    .column(open::Column::At)
-                    .order_by_asc(open::Column::At)
-                    .into_tuple::<DateTime<Utc>>()
-                    .one(&*tx)
-                    .await?;
-                match first {
-                    Some(at) => at.date_naive(),
-                    // Nothing to roll yet: later days start after the last closed one.
-                    None => last_closed + Duration::days(1),
-                }
-            }
-        };
-        if next > last_closed {
-            if next == last_closed + Duration::days(1) {
-                set_watermark(&*tx, last_closed).await?;
-            }
-            tx.commit().await?;
-            return Ok(rolled);
-        }
-        roll_day(&*tx, next).await?;
-        set_watermark(&*tx, next).await?;
-        tx.commit().await?;
-        rolled += 1;
-    }
-}
-
-async fn set_watermark(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
-    conn.execute_raw(stmt(
-        conn.get_database_backend(),
-        "UPDATE rollup_watermark SET rolled_through = ? WHERE id = 1",
-        vec![day.into()],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// Rebuilds every rollup of `day` from the raw opens.
-async fn roll_day(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()> {
-    let backend = conn.get_database_backend();
-    for grain in Grain::ALL {
-        conn.execute_raw(stmt(
-            backend,
-            &format!("DELETE FROM {} WHERE day = ?", grain.table()),
-            vec![day.into()],
-        ))
-        .await?;
-    }
-    let aggregates = day_aggregates(conn, day, None).await?;
-    let mut by_account: BTreeMap<i32, Vec<DayAggregate>> = BTreeMap::new();
-    for a in aggregates {
-        by_account.entry(a.account_id).or_default().push(a);
-    }
-    conn.execute_raw(stmt(
-        backend,
-        "DELETE FROM usage_day_user_blocks WHERE day = ?",
-        vec![day.into()],
-    ))
-    .await?;
-    for grain in Grain::ALL {
-        let mut rows = Vec::new();
-        for (account_id, aggregates) in &by_account {
-            rows.extend(
-                coarsen(day, aggregates, grain)
-                    .into_iter()
-                    .map(|r| (*account_id, r)),
-            );
-        }
-        insert_rows(conn, grain, &rows).await?;
-        if grain == Grain::USER {
-            insert_user_blocks(conn, day, &rows).await?;
-        }
-    }
-    // Distinct users of a week or month cannot be summed from days: keep who used
-    // what so far, and the period-to-date counts through this day.
-    for period in [Period::Week, Period::Month] {
-        roll_period_users(conn, period, day, by_account.values().flatten()).await?;
-    }
-    Ok(())
-}
-
 /// One user's usage of one day, as packed in `usage_day_user_blocks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct UserDay {
@@ -365,47 +287,6 @@ struct UserDay {
     charges: i64,
     denials: i64,
     cost_minor: i64,
-}
-
-/// Packs each account's rows of `usage_day_users` for `day` (in user order) into one
-/// value: a report by user then reads a value per day, not a row per user and day.
-async fn insert_user_blocks(
-    conn: &impl ConnectionTrait,
-    day: NaiveDate,
-    rows: &[(i32, DayRow)],
-) -> Result<()> {
-    let mut blocks: BTreeMap<i32, Vec<UserDay>> = BTreeMap::new();
-    for (account_id, r) in rows {
-        let Some(user_id) = r.user_id else { continue };
-        blocks.entry(*account_id).or_default().push(UserDay {
-            user_id,
-            tokens: r.sums.tokens,
-            opens: r.sums.opens,
-            charges: r.sums.charges,
-            denials: r.sums.denials,
-            cost_minor: r.sums.cost_minor,
-        });
-    }
-    let values = blocks
-        .into_iter()
-        .map(|(account_id, users)| {
-            let packed = postcard::to_allocvec(&users)
-                .map_err(|e| DomainError::Internal(format!("packing usage of {day}: {e}")))?;
-            Ok(vec![account_id.into(), day.into(), packed.into()])
-        })
-        .collect::<Result<Vec<Vec<Value>>>>()?;
-    // A few hundred kilobytes each: a few per statement.
-    for chunk in values.chunks(16) {
-        insert_many(
-            conn,
-            "usage_day_user_blocks",
-            &["account_id", "day", "users"],
-            chunk.to_vec(),
-            "",
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// The per-user rows of one account for `from..=to` from the packed daily blocks,
@@ -461,90 +342,8 @@ async fn user_block_groups(
     Ok(groups)
 }
 
-async fn insert_rows(
-    conn: &impl ConnectionTrait,
-    grain: Grain,
-    rows: &[(i32, DayRow)],
-) -> Result<()> {
-    let mut columns = vec!["account_id", "day"];
-    if grain.user {
-        columns.push("user_id");
-    }
-    if grain.product {
-        columns.push("product_id");
-    }
-    columns.extend(["tokens", "opens", "charges", "denials", "cost_minor"]);
-    if grain.stores_distinct_users() {
-        columns.push("distinct_users");
-    }
-    let rows = rows
-        .iter()
-        .map(|(account_id, r)| {
-            let mut values: Vec<Value> = vec![(*account_id).into(), r.day.into()];
-            if grain.user {
-                values.push(r.user_id.into());
-            }
-            if grain.product {
-                values.push(r.product_id.into());
-            }
-            values.extend([
-                r.sums.tokens.into(),
-                r.sums.opens.into(),
-                r.sums.charges.into(),
-                r.sums.denials.into(),
-                r.sums.cost_minor.into(),
-            ]);
-            if grain.stores_distinct_users() {
-                values.push(r.distinct_users.into());
-            }
-            values
-        })
-        .collect();
-    insert_many(conn, grain.table(), &columns, rows, "").await?;
-    Ok(())
-}
-
-/// Inserts `rows` into `table` with multi-row statements, well under SQLite's and
-/// PostgreSQL's limits on bound values. `suffix` ends each statement (say, `ON
-/// CONFLICT … RETURNING …`); the rows it returns are collected.
-async fn insert_many(
-    conn: &impl ConnectionTrait,
-    table: &str,
-    columns: &[&str],
-    rows: Vec<Vec<Value>>,
-    suffix: &str,
-) -> Result<Vec<QueryResult>> {
-    let row_sql = format!("({})", vec!["?"; columns.len()].join(", "));
-    let mut returned = Vec::new();
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Value>> = rows.by_ref().take(2_000).collect();
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {} {suffix}",
-            columns.join(", "),
-            vec![row_sql.as_str(); chunk.len()].join(", ")
-        );
-        let values = chunk.into_iter().flatten().collect();
-        returned.extend(
-            conn.query_all_raw(stmt(conn.get_database_backend(), &sql, values))
-                .await?,
-        );
-    }
-    Ok(returned)
-}
-
-const MEMBER_COLUMNS: [&str; 7] = [
-    "account_id",
-    "grain",
-    "period",
-    "product_id",
-    "user_id",
-    "first_day",
-    "last_day",
-];
-
 /// A period whose distinct users are stored whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Period {
     Week,
     Month,
@@ -623,294 +422,6 @@ impl TimeGrain {
             (TimeGrain::Month, false) => "date(day, 'start of month')",
         }
     }
-}
-
-/// Adds `day`'s users to the members of the week or month holding it, with the first
-/// and last day each was seen, and stores the period's distinct users through `day`
-/// (from its start) and since each of its days (through `day`). Rolling a day again
-/// rebuilds the period's part from that day on; a finished period keeps its counts and
-/// drops its members.
-async fn roll_period_users<'a>(
-    conn: &impl ConnectionTrait,
-    period: Period,
-    day: NaiveDate,
-    aggregates: impl Iterator<Item = &'a DayAggregate>,
-) -> Result<()> {
-    let backend = conn.get_database_backend();
-    let start = period.start_of(day);
-    let key = || -> Vec<Value> { vec![period.grain().into(), start.into(), day.into()] };
-    // The period was rolled through this day or later before (a re-roll, perhaps of a
-    // finished period whose members are gone): its members are rebuilt from the daily
-    // rollups of the days before this one, and its later counts are dropped.
-    let rolled_before = conn
-        .query_one_raw(stmt(
-            backend,
-            "SELECT 1 AS rolled FROM usage_period_users \
-             WHERE grain = ? AND period = ? AND through_day >= ? LIMIT 1",
-            key(),
-        ))
-        .await?
-        .is_some();
-    if rolled_before {
-        restore_period_members(conn, period, start, day).await?;
-        conn.execute_raw(stmt(
-            backend,
-            "DELETE FROM usage_period_users \
-             WHERE grain = ? AND period = ? AND through_day >= ?",
-            key(),
-        ))
-        .await?;
-    }
-    let mut counts: BTreeMap<(i32, i32), i64> = BTreeMap::new();
-    if day > start {
-        let rows = conn
-            .query_all_raw(stmt(
-                backend,
-                "SELECT account_id, product_id, distinct_users FROM usage_period_users \
-                 WHERE grain = ? AND period = ? AND through_day = ?",
-                vec![
-                    period.grain().into(),
-                    start.into(),
-                    (day - Duration::days(1)).into(),
-                ],
-            ))
-            .await?;
-        for r in rows {
-            counts.insert(
-                (r.try_get("", "account_id")?, r.try_get("", "product_id")?),
-                r.try_get("", "distinct_users")?,
-            );
-        }
-    }
-    // Each user under the product used and under 0 (any product).
-    let members: BTreeSet<(i32, i32, i32)> = aggregates
-        .filter(|a| a.sums.counts_user())
-        .flat_map(|a| {
-            [
-                (a.account_id, a.product_id, a.user_id),
-                (a.account_id, 0, a.user_id),
-            ]
-        })
-        .collect();
-    let members = members
-        .into_iter()
-        .map(|(account_id, product_id, user_id)| {
-            vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                product_id.into(),
-                user_id.into(),
-                day.into(),
-                day.into(),
-            ]
-        })
-        .collect();
-    // Members seen before keep their first day and move their last day here; only the
-    // new ones (first seen today) add to the counts.
-    let seen = insert_many(
-        conn,
-        "usage_period_members",
-        &MEMBER_COLUMNS,
-        members,
-        "ON CONFLICT (account_id, grain, period, user_id, product_id) \
-         DO UPDATE SET last_day = excluded.last_day \
-         RETURNING account_id, product_id, first_day",
-    )
-    .await?;
-    for r in seen {
-        if r.try_get::<NaiveDate>("", "first_day")? == day {
-            *counts
-                .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
-                .or_default() += 1;
-        }
-    }
-    let counts = counts
-        .into_iter()
-        .map(|((account_id, product_id), n)| {
-            vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                day.into(),
-                product_id.into(),
-                n.into(),
-            ]
-        })
-        .collect();
-    insert_many(
-        conn,
-        "usage_period_users",
-        &[
-            "account_id",
-            "grain",
-            "period",
-            "through_day",
-            "product_id",
-            "distinct_users",
-        ],
-        counts,
-        "",
-    )
-    .await?;
-    roll_users_since(conn, period, start).await?;
-    if day == period.end_of(start) {
-        conn.execute_raw(stmt(
-            backend,
-            "DELETE FROM usage_period_members WHERE grain = ? AND period = ?",
-            vec![period.grain().into(), start.into()],
-        ))
-        .await?;
-    }
-    Ok(())
-}
-
-/// Rewrites the distinct users of `period` since each of its days from its members:
-/// the users since a day are those last seen on it or later.
-async fn roll_users_since(
-    conn: &impl ConnectionTrait,
-    period: Period,
-    start: NaiveDate,
-) -> Result<()> {
-    let backend = conn.get_database_backend();
-    let key = || -> Vec<Value> { vec![period.grain().into(), start.into()] };
-    conn.execute_raw(stmt(
-        backend,
-        "DELETE FROM usage_period_users_since WHERE grain = ? AND period = ?",
-        key(),
-    ))
-    .await?;
-    let rows = conn
-        .query_all_raw(stmt(
-            backend,
-            "SELECT account_id, product_id, last_day, COUNT(*) AS n FROM usage_period_members \
-             WHERE grain = ? AND period = ? GROUP BY account_id, product_id, last_day",
-            key(),
-        ))
-        .await?;
-    // (account, product) → last day → members last seen that day.
-    let mut last_seen: BTreeMap<(i32, i32), BTreeMap<NaiveDate, i64>> = BTreeMap::new();
-    for r in rows {
-        last_seen
-            .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
-            .or_default()
-            .insert(r.try_get("", "last_day")?, r.try_get("", "n")?);
-    }
-    let mut since = Vec::new();
-    for ((account_id, product_id), days) in last_seen {
-        let Some(last) = days.keys().next_back().copied() else {
-            continue;
-        };
-        let mut users = 0;
-        let mut from = last;
-        while from >= start {
-            users += days.get(&from).copied().unwrap_or(0);
-            since.push(vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                from.into(),
-                product_id.into(),
-                users.into(),
-            ]);
-            from -= Duration::days(1);
-        }
-    }
-    insert_many(
-        conn,
-        "usage_period_users_since",
-        &[
-            "account_id",
-            "grain",
-            "period",
-            "from_day",
-            "product_id",
-            "distinct_users",
-        ],
-        since,
-        "",
-    )
-    .await?;
-    Ok(())
-}
-
-/// The members of `period` from its first day up to (not including) `before`, rebuilt
-/// from the daily rollups.
-async fn restore_period_members(
-    conn: &impl ConnectionTrait,
-    period: Period,
-    start: NaiveDate,
-    before: NaiveDate,
-) -> Result<()> {
-    conn.execute_raw(stmt(
-        conn.get_database_backend(),
-        "DELETE FROM usage_period_members WHERE grain = ? AND period = ?",
-        vec![period.grain().into(), start.into()],
-    ))
-    .await?;
-    if before <= start {
-        return Ok(());
-    }
-    let seen = days_seen(conn, start, before - Duration::days(1)).await?;
-    let mut members: Vec<(i32, i32, i32, NaiveDate, NaiveDate)> = Vec::new();
-    let mut any_product: BTreeMap<(i32, i32), (NaiveDate, NaiveDate)> = BTreeMap::new();
-    for ((account_id, product_id, user_id), (first, last)) in seen {
-        members.push((account_id, product_id, user_id, first, last));
-        let any = any_product
-            .entry((account_id, user_id))
-            .or_insert((first, last));
-        *any = (any.0.min(first), any.1.max(last));
-    }
-    members.extend(
-        any_product
-            .into_iter()
-            .map(|((account_id, user_id), (first, last))| (account_id, 0, user_id, first, last)),
-    );
-    let members = members
-        .into_iter()
-        .map(|(account_id, product_id, user_id, first_day, last_day)| {
-            vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                product_id.into(),
-                user_id.into(),
-                first_day.into(),
-                last_day.into(),
-            ]
-        })
-        .collect();
-    insert_many(conn, "usage_period_members", &MEMBER_COLUMNS, members, "").await?;
-    Ok(())
-}
-
-/// The first and last rolled day in `from..=to` each user opened each product.
-async fn days_seen(
-    conn: &impl ConnectionTrait,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<HashMap<(i32, i32, i32), (NaiveDate, NaiveDate)>> {
-    let rows = conn
-        .query_all_raw(stmt(
-            conn.get_database_backend(),
-            "SELECT account_id, product_id, user_id, MIN(day) AS first_day, MAX(day) AS last_day \
-             FROM usage_days WHERE day >= ? AND day <= ? AND opens > 0 \
-             GROUP BY account_id, product_id, user_id",
-            vec![from.into(), to.into()],
-        ))
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                (
-                    r.try_get("", "account_id")?,
-                    r.try_get("", "product_id")?,
-                    r.try_get("", "user_id")?,
-                ),
-                (r.try_get("", "first_day")?, r.try_get("", "last_day")?),
-            ))
-        })
-        .collect()
 }
 
 /// Which distinct users a report needs of a window.

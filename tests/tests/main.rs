@@ -19,3 +19,4 @@ mod reports;
 mod rules;
 mod scale;
 mod scale_out;
+mod startup;

@@ -427,10 +427,24 @@ async fn connect_sqlite(
         .await
         .context("cannot open the SQLite job queue")?;
     // The migrations only: `SqliteStorage::setup` would also set `synchronous = OFF`.
+    // sqlx takes no lock on SQLite, so processes starting together on a new file
+    // would race; under `BEGIN IMMEDIATE` they apply them one at a time (each
+    // migration a savepoint of this transaction) and the others find them done.
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("cannot open the SQLite job queue")?;
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+        .await
+        .context("cannot lock the SQLite job queue for its migrations")?;
     SqliteStorage::migrations()
-        .run(&pool)
+        .run(&mut tx)
         .await
         .context("cannot migrate the SQLite job queue")?;
+    tx.commit()
+        .await
+        .context("cannot migrate the SQLite job queue")?;
+    drop(conn);
     Ok(SqliteStorage::new(&pool).with_config(sqlite_config(config)))
 }
 
