@@ -318,3 +318,132 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
         }
     }
 }
+
+/// The real binary rolls a generated stretch of busy days up while a launcher
+/// charges: each day is written in several short transactions, so rows of a day
+/// beyond the watermark are seen committed mid-roll (never with one transaction a
+/// day), charges commit meanwhile, and the reports equal the raw opens afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_rolls_a_busy_day_up_in_short_transactions() {
+    use daypass_tests::TestServer;
+    use daypass_tests::server::OPERATOR_KEY;
+    use serde_json::json;
+
+    let (url, _dir) = TestDb::fresh_url().await;
+    let db = Db::connect(&url).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    // About 2,000 user × product rows a day: several of the job's chunks each.
+    let spec = YearSpec {
+        charges: 12_000,
+        users: 2_000,
+        products: 4,
+        days: 6,
+        roll_up: false,
+        progress: false,
+        seed: 11,
+        ..YearSpec::year()
+    };
+    let g = generate_year(&db, &spec).await.expect("generate");
+    let big = g.big_account_id;
+    let (from, to) = (spec.first_day(), spec.end);
+    let s = TestServer::start_on(&url, &[("DAYPASS_TEST_CLOCK", "1")]).await;
+    let op = Some(OPERATOR_KEY);
+    s.upsert_product("roll-time", 1).await;
+    let created = s
+        .ok(
+            op,
+            r#"mutation { createAccount(input: {name: "Launcher", adminEmail: "l@l.test", adminName: "L"}) { admin { id } adminApiKey } }"#,
+            json!({}),
+        )
+        .await;
+    let admin = created["createAccount"]["adminApiKey"].as_str().unwrap().to_owned();
+    let admin_id = created["createAccount"]["admin"]["id"].clone();
+    s.ok(
+        Some(&admin),
+        "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
+        json!({"u": [admin_id]}),
+    )
+    .await;
+    s.ok(
+        Some(&admin),
+        "mutation { purchaseTokens(input: {quantity: 1000, idempotencyKey: \"roll\"}) { id } }",
+        json!({}),
+    )
+    .await;
+
+    let maintenance = {
+        let client = s.client().clone();
+        let url = format!("{}/graphql", s.base_url);
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(OPERATOR_KEY)
+                .json(&json!({"query": "mutation { runMaintenance }"}))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        })
+    };
+    // Watch the tables from outside: rows of a day after the watermark, committed.
+    let mut seen_mid_roll = false;
+    let mut charged_mid_roll = false;
+    while !maintenance.is_finished() {
+        let watermark = rollups::rolled_through(db.conn()).await.unwrap();
+        let beyond = int(
+            &db,
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM usage_days WHERE account_id = ? AND day > ?",
+            vec![
+                big.into(),
+                watermark.unwrap_or(from - Duration::days(1)).into(),
+            ],
+        )
+        .await;
+        if beyond > 0 && watermark.is_none_or(|w| w < to) {
+            seen_mid_roll = true;
+            // A launcher's open charges while the day is half rolled up.
+            if !charged_mid_roll {
+                let d = s
+                    .ok(
+                        Some(&admin),
+                        "mutation { openProduct(input: {productCode: \"roll-time\"}) { granted tokensCharged } }",
+                        json!({}),
+                    )
+                    .await;
+                assert_eq!(d["openProduct"]["granted"], true);
+                charged_mid_roll = true;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let done = maintenance.await.unwrap();
+    assert_eq!(done["data"]["runMaintenance"], true, "{done}");
+    assert!(
+        seen_mid_roll,
+        "no day was ever seen partly written: one transaction per day"
+    );
+    assert!(charged_mid_roll);
+    // Through yesterday (the day before, in the ten minutes after midnight).
+    let rolled = rollups::rolled_through(db.conn()).await.unwrap();
+    assert!(rolled >= Some(to - Duration::days(1)), "{rolled:?}");
+    for group_by in [
+        vec![Dimension::Day, Dimension::User, Dimension::Product],
+        vec![Dimension::Week],
+        vec![Dimension::Month, Dimension::Product],
+        vec![],
+    ] {
+        let q = UsageQuery {
+            from,
+            to,
+            group_by,
+            user_id: None,
+            product_id: None,
+        };
+        let raw = usage_rows(&db, big, &q, Source::Raw).await.unwrap();
+        let rolled = usage_rows(&db, big, &q, Source::Rollups).await.unwrap();
+        assert!(!raw.is_empty());
+        assert_eq!(rolled, raw, "{q:?}");
+    }
+}

@@ -25,6 +25,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use daypass_entity::open;
 use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder, QueryResult, QuerySelect, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
 
 /// The most user × product rows one write transaction of the job takes. At 27,000
 /// such rows a day, a chunk holds the writer for well under 100 ms.
@@ -125,30 +126,39 @@ async fn roll_day(
     let mut aggregates = day_aggregates(db.conn(), day, None).await?;
     aggregates.sort_unstable_by_key(|a| (a.account_id, a.user_id, a.product_id));
 
+    // How long this roll held the writer at most (logged: the figure that matters
+    // to charging on SQLite).
+    let mut longest = std::time::Duration::ZERO;
     let Some(tx) = locked(db, watermark).await? else {
         return Ok(false);
     };
+    let held = Instant::now();
     for period in PERIODS {
         rewind_period(&*tx, period, day).await?;
     }
     tx.commit().await?;
+    longest = longest.max(held.elapsed());
 
     // (period, account, product) → members first seen today.
     let mut first_seen: BTreeMap<(Period, i32, i32), i64> = BTreeMap::new();
-    for chunk in user_chunks(&aggregates, chunk_rows) {
+    let chunks = user_chunks(&aggregates, chunk_rows);
+    for chunk in &chunks {
         let Some(tx) = locked(db, watermark).await? else {
             return Ok(false);
         };
-        replace_user_rows(&*tx, day, &chunk).await?;
+        let held = Instant::now();
+        replace_user_rows(&*tx, day, chunk).await?;
         for period in PERIODS {
             add_members(&*tx, period, day, chunk.aggregates, &mut first_seen).await?;
         }
         tx.commit().await?;
+        longest = longest.max(held.elapsed());
     }
 
     let Some(tx) = locked(db, watermark).await? else {
         return Ok(false);
     };
+    let held = Instant::now();
     replace_account_rows(&*tx, day, &aggregates).await?;
     for period in PERIODS {
         store_period_counts(&*tx, period, day, &first_seen).await?;
@@ -156,6 +166,14 @@ async fn roll_day(
     }
     set_watermark(&*tx, day).await?;
     tx.commit().await?;
+    longest = longest.max(held.elapsed());
+    tracing::debug!(
+        %day,
+        rows = aggregates.len(),
+        transactions = chunks.len() + 2,
+        longest_write_ms = longest.as_secs_f64() * 1e3,
+        "rolled up a day"
+    );
 
     for period in PERIODS {
         if day == period.end_of(period.start_of(day)) {

@@ -58,6 +58,16 @@ impl Server {
     /// `daypass serve` on `database_url` (already migrated), on a free port, with the
     /// embedded workers as in a one-machine deployment, and mail written to a temp dir.
     pub async fn start(bin: &Path, database_url: &str, operator_key: &str) -> Result<Server> {
+        Self::start_with(bin, database_url, operator_key, &[]).await
+    }
+
+    /// [`Server::start`] with `env` added (say, the test clock for `runMaintenance`).
+    pub async fn start_with(
+        bin: &Path,
+        database_url: &str,
+        operator_key: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
         let outbox = tempfile::tempdir().context("temp dir for the outbox")?;
         let mut child = Command::new(bin)
             .arg("serve")
@@ -66,6 +76,7 @@ impl Server {
             .env("DAYPASS_OPERATOR_KEY", operator_key)
             .env("DAYPASS_MAIL_DIR", outbox.path())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
