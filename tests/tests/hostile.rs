@@ -8,6 +8,7 @@ use daypass_domain::Db;
 use daypass_tests::TestServer;
 use daypass_tests::json::id;
 use daypass_tests::server::OPERATOR_KEY;
+use daypass_tests::ws::WsClient;
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 
@@ -86,6 +87,11 @@ fn doc(query: String, variables: Value) -> Body {
     Body::Json(json!({"query": query, "variables": variables}))
 }
 
+/// `n` aliases of `__typename`, which costs nothing in the complexity count.
+fn typenames(n: usize) -> String {
+    (0..n).map(|i| format!("a{i}: __typename ")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_of_hostile_requests_is_refused_and_changes_nothing() {
     let s = TestServer::start_with(&[("DAYPASS_ENV", "production")]).await;
@@ -143,10 +149,24 @@ async fn a_corpus_of_hostile_requests_is_refused_and_changes_nothing() {
             ),
         ),
         (
+            "5,000 aliases of __typename",
+            Some(admin),
+            doc(format!("{{ {} }}", typenames(5_000)), json!({})),
+        ),
+        (
             "2,000 aliases of a mutation",
             Some(admin),
             doc(
                 format!("mutation {{ {} }}", (0..2_000).map(|i| format!("a{i}: {create_user}")).collect::<String>()),
+                json!({}),
+            ),
+        ),
+        (
+            // Under the alias limit: the 16-changes rule refuses it.
+            "17 aliases of a mutation",
+            Some(admin),
+            doc(
+                format!("mutation {{ {} }}", (0..17).map(|i| format!("a{i}: {create_user}")).collect::<String>()),
                 json!({}),
             ),
         ),
@@ -290,4 +310,66 @@ async fn production_masks_internal_errors_and_suggests_nothing() {
         .await
         .unwrap();
     assert!(s.ok(op, "{ priceList { minQuantity } }", json!({})).await["priceList"][0].is_object());
+}
+
+/// A document holds at most 100 aliases, counted before it is validated or runs: 5,000
+/// of `__typename` (free in the complexity count) are refused over POST and over the
+/// WebSocket, a document taken from the parsed-document cache is counted again, and
+/// one at the limit is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_over_the_alias_limit_is_refused_before_it_runs() {
+    let s = TestServer::start_with(&[("DAYPASS_ENV", "production")]).await;
+    let d = s
+        .ok(Some(OPERATOR_KEY), "mutation { createAccount(input: {name: \"Aliases\", adminEmail: \"admin@aliases.test\", adminName: \"A\"}) { adminApiKey } }", json!({}))
+        .await;
+    let admin = id(&d["createAccount"]["adminApiKey"]);
+    let admin = admin.as_str();
+    let refused = |resp: &Value, asked: usize| {
+        let text = resp.to_string();
+        let text = &text[..text.len().min(400)];
+        let err = &resp["errors"][0];
+        assert_eq!(err["extensions"]["code"], "BAD_USER_INPUT", "{text}");
+        let message = err["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("at most 100 aliases") && message.contains(&asked.to_string()),
+            "the refusal names the limit: {message}"
+        );
+        assert!(resp["data"].is_null(), "{text}");
+    };
+
+    let bomb = format!("{{ {} }}", typenames(5_000));
+    refused(&s.gql(Some(admin), &bomb, json!({})).await, 5_000);
+    // Short enough to be kept by the parsed-document cache: refused the second time too.
+    let just_over = format!("{{ {} }}", typenames(101));
+    for _ in 0..2 {
+        refused(&s.gql(Some(admin), &just_over, json!({})).await, 101);
+    }
+    // Spreading a fragment multiplies its aliases.
+    let spread = format!(
+        "{{ ...F viewer {{ ...G }} }} fragment F on Query {{ {} }} fragment G on Viewer {{ {} }}",
+        typenames(60),
+        typenames(60)
+    );
+    refused(&s.gql(Some(admin), &spread, json!({})).await, 120);
+
+    let at_limit = s
+        .ok(Some(admin), &format!("{{ {} }}", typenames(100)), json!({}))
+        .await;
+    assert_eq!(at_limit.as_object().unwrap().len(), 100);
+    assert_eq!(at_limit["a99"], "Query");
+
+    // The same limit over the WebSocket, where the same schema runs each operation.
+    let mut ws = WsClient::open(&s, admin).await;
+    let op = ws.subscribe(&bomb, json!({})).await;
+    refused(&ws.next_payload(&op).await, 5_000);
+    ws.expect_complete(&op).await;
+    let op = ws.subscribe("{ viewer { role } }", json!({})).await;
+    assert_eq!(
+        ws.next_payload(&op).await["data"]["viewer"]["role"],
+        "ADMIN"
+    );
+
+    // The server keeps answering.
+    let d = s.ok(Some(admin), "{ viewer { role } }", json!({})).await;
+    assert_eq!(d["viewer"]["role"], "ADMIN");
 }

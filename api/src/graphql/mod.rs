@@ -1,5 +1,6 @@
 //! The GraphQL schema: the contract's roots, composed by area.
 
+pub mod aliases;
 pub mod context;
 pub mod error;
 pub mod loaders;
@@ -49,8 +50,10 @@ fn limited<Q, M, S>(
 ) -> SchemaBuilder<Q, M, S> {
     let b = b
         .extension(FreshRequestPerExecution)
-        // Before the parsed-document cache, so a cached mutation is counted too.
+        // Before the parsed-document cache, so a cached document is counted too; the
+        // alias count inside the rate, so a refused document spends none of it.
         .extension(rate::MutationRate::new(mutation_rate))
+        .extension(aliases::AliasLimit)
         .extension(parsed::ParsedDocuments::default())
         .extension(crate::telemetry::OperationNames)
         .limit_depth(16)

@@ -6,8 +6,8 @@
 //!   a leaked or scripted key cannot hammer purchases, user creation or opens:
 //!   FORBIDDEN with `extensions.reason = "RATE_LIMITED"` and `retryAfterSeconds`.
 //!
-//! Queries are never limited here (depth, complexity and aliases are the schema's
-//! limits).
+//! Queries are never limited here (depth and complexity are the schema's limits,
+//! aliases [`super::aliases`]'s).
 
 use super::context::Req;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
@@ -90,7 +90,12 @@ fn changes_asked(doc: &ExecutableDocument) -> usize {
         .fold(0, usize::saturating_add)
 }
 
-fn refusal(message: String, code: &str, extra: &[(&str, async_graphql::Value)]) -> ServerError {
+/// A refusal before anything runs: `message` with `extensions.code` and `extra`.
+pub(super) fn refusal(
+    message: String,
+    code: &str,
+    extra: &[(&str, async_graphql::Value)],
+) -> ServerError {
     let mut err = ServerError::new(message, None);
     let mut ext = ErrorExtensionValues::default();
     ext.set("code", code);
