@@ -1,5 +1,7 @@
 //! `GET /reports/usage.csv?from=YYYY-MM-DD&to=YYYY-MM-DD`: the usage report grouped by
 //! day, user and product as RFC 4180 CSV, with the same key and rules as GraphQL.
+//! Names and codes that a spreadsheet would take for a formula are written inert
+//! ([`neutralise_formula`]).
 
 use crate::graphql::error::http_error;
 use crate::graphql::reports::parse_date;
@@ -16,6 +18,7 @@ use daypass_domain::{
     users,
 };
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -150,6 +153,20 @@ impl Names {
     }
 }
 
+/// A text cell as a spreadsheet will show it and never run it. A cell that starts
+/// with `=`, `+`, `-`, `@`, a tab or a carriage return is read as a formula by Excel,
+/// LibreOffice or Google Sheets (`=HYPERLINK(…)`, `+cmd|' /C calc'!A0`), so it gets
+/// a leading `'`, as OWASP's advice on CSV injection says: the spreadsheet shows the
+/// text and hides the quote. Users and operators name products and users freely,
+/// and an admin opens this file; every other cell is a number or a date we write.
+/// Only text columns go through here: a number, even a negative one, stays a number.
+fn neutralise_formula(text: &str) -> Cow<'_, str> {
+    match text.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => Cow::Owned(format!("'{text}")),
+        _ => Cow::Borrowed(text),
+    }
+}
+
 /// RFC 4180: CRLF line ends, fields quoted when they hold a comma, quote or line break.
 fn encode(rows: &[UsageRow], names: &Names, header: bool) -> Bytes {
     let mut w = csv::WriterBuilder::new()
@@ -174,11 +191,11 @@ fn encode(rows: &[UsageRow], names: &Names, header: bool) -> Bytes {
             w.write_record([
                 r.period.map(|d| d.to_string()).unwrap_or_default().as_str(),
                 &opt(r.user_id),
-                email,
-                user_name,
+                &neutralise_formula(email),
+                &neutralise_formula(user_name),
                 &opt(r.product_id),
-                code,
-                product_name,
+                &neutralise_formula(code),
+                &neutralise_formula(product_name),
                 &r.tokens.to_string(),
                 &r.opens.to_string(),
                 &r.charges.to_string(),
@@ -194,4 +211,99 @@ fn encode(rows: &[UsageRow], names: &Names, header: bool) -> Bytes {
         tracing::error!(error = %e, "CSV encoding failed");
     }
     Bytes::from(w.into_inner().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_a_spreadsheet_would_run_gets_a_leading_quote() {
+        for (text, written) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(1)", "'@SUM(1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("=", "'="),
+        ] {
+            assert_eq!(neutralise_formula(text), written, "{text:?}");
+        }
+        // Anything else is written as it is, a formula sign further in included.
+        for text in [
+            "",
+            "CAD Suite",
+            "a=b",
+            "x-1",
+            "'=already",
+            " =1",
+            "ada@example.test",
+        ] {
+            assert!(
+                matches!(neutralise_formula(text), Cow::Borrowed(t) if t == text),
+                "{text:?}"
+            );
+        }
+    }
+
+    fn names(user: (&str, &str), product: (&str, &str)) -> Names {
+        let owned = |(a, b): (&str, &str)| (a.to_owned(), b.to_owned());
+        Names {
+            users: HashMap::from([(1, owned(user))]),
+            products: HashMap::from([(2, owned(product))]),
+        }
+    }
+
+    #[test]
+    fn the_file_neutralises_text_cells_stays_rfc_4180_and_leaves_numbers_alone() {
+        let names = names(
+            ("-x@evil.test", "@SUM(1), \"quoted\"\nname"),
+            ("-2", "=HYPERLINK(\"http://x\",\"y\")"),
+        );
+        let row = UsageRow {
+            period: chrono::NaiveDate::from_ymd_opt(2026, 3, 1),
+            user_id: Some(1),
+            product_id: Some(2),
+            tokens: -5,
+            opens: 1,
+            charges: 1,
+            denials: 0,
+            distinct_users: 1,
+            cost_minor: -250,
+        };
+        let mut file = encode(&[], &names, true).to_vec();
+        file.extend_from_slice(&encode(&[row], &names, false));
+        let text = String::from_utf8(file).unwrap();
+        // The quote goes inside the RFC 4180 quoting, which stays as it was.
+        assert!(
+            text.contains("\"'@SUM(1), \"\"quoted\"\"\nname\""),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n"), "{text}");
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].iter().collect::<Vec<_>>(),
+            [
+                "2026-03-01",
+                "1",
+                "'-x@evil.test",
+                "'@SUM(1), \"quoted\"\nname",
+                "2",
+                "'-2",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+                "-5",
+                "1",
+                "1",
+                "0",
+                "1",
+                "-250",
+            ]
+        );
+    }
 }

@@ -611,3 +611,128 @@ fn csv_lines(rows: &[Value]) -> usize {
             .filter(|r| r["product"]["name"].as_str() == Some(AWKWARD_NAME))
             .count()
 }
+
+/// Names and codes that a spreadsheet would run as formulas come out of the CSV
+/// export with a leading `'` (and RFC 4180 quoting as before); numbers stay numbers,
+/// and GraphQL still answers the names exactly as they were given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_csv_writes_formula_like_names_as_text() {
+    const LINK: &str = "=HYPERLINK(\"http://x\",\"y\")";
+    const CMD: &str = "+cmd|' /C calc'!A0";
+    let s = TestServer::start_with(&[]).await;
+    let d = s
+        .ok(
+            OP,
+            "mutation { createAccount(input: {name: \"Formulas\", adminEmail: \"=cmd@evil.test\", adminName: \"@SUM(1)\"}) { admin { id } adminApiKey } }",
+            json!({}),
+        )
+        .await;
+    let admin_id = id(&d["createAccount"]["admin"]["id"]);
+    let admin = id(&d["createAccount"]["adminApiKey"]);
+    let (member_id, member) = s
+        .create_user(&admin, "+1@evil.test", "-2+3", "MEMBER")
+        .await;
+    for (code, name, rate) in [("-2", LINK, 3), ("plain", CMD, 2)] {
+        s.ok(
+            OP,
+            "mutation($c: String!, $n: String!, $r: Int!) { upsertProduct(input: {code: $c, name: $n, dailyRate: $r}) { id } }",
+            json!({"c": code, "n": name, "r": rate}),
+        )
+        .await;
+    }
+    s.ok(
+        Some(&admin),
+        "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
+        json!({"u": [admin_id, member_id]}),
+    )
+    .await;
+    s.ok(
+        Some(&admin),
+        "mutation { purchaseTokens(input: {quantity: 100, idempotencyKey: \"f1\"}) { id } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(open(&s, &admin, "-2").await["tokensCharged"], 3);
+    assert_eq!(open(&s, &member, "plain").await["tokensCharged"], 2);
+
+    // Today by the server's clock (this machine's), a day either side.
+    let today = chrono::Utc::now().date_naive();
+    let (from, to) = (today - chrono::Days::new(1), today + chrono::Days::new(1));
+    let (status, _, body) = get_csv(&s, Some(&admin), &format!("from={from}&to={to}")).await;
+    assert_eq!(status, 200, "{body}");
+    // The quote goes inside the RFC 4180 quoting, which is as before.
+    assert!(
+        body.contains("\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""),
+        "{body}"
+    );
+    assert!(body.ends_with("\r\n"));
+    let records: Vec<csv::StringRecord> = csv::Reader::from_reader(body.as_bytes())
+        .records()
+        .map(|r| r.unwrap())
+        .collect();
+    let cells = |user: &str| -> Vec<String> {
+        let rec = records
+            .iter()
+            .find(|r| &r[1] == user)
+            .unwrap_or_else(|| panic!("a row for user {user}: {body}"));
+        rec.iter().map(str::to_owned).collect()
+    };
+    // user_email, user_name, then product_code, product_name.
+    let admin_row = cells(&admin_id);
+    assert_eq!(admin_row[2..4], ["'=cmd@evil.test", "'@SUM(1)"]);
+    assert_eq!(admin_row[5..7], ["'-2".to_owned(), format!("'{LINK}")]);
+    let member_row = cells(&member_id);
+    assert_eq!(member_row[2..4], ["'+1@evil.test", "'-2+3"]);
+    assert_eq!(member_row[5..7], ["plain".to_owned(), format!("'{CMD}")]);
+    for row in [&admin_row, &member_row] {
+        // Ids, counts and money are plain numbers, untouched.
+        for cell in [&row[1], &row[4], &row[7], &row[8], &row[9], &row[12]] {
+            assert!(cell.parse::<i64>().is_ok(), "{cell:?} in {row:?}");
+        }
+        // No text cell starts a formula any more.
+        for cell in &row[2..7] {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{cell:?}"
+            );
+        }
+    }
+    assert_eq!((&admin_row[7][..], &member_row[7][..]), ("3", "2"));
+
+    // GraphQL answers the names exactly as given.
+    let rows = report(
+        &s,
+        &admin,
+        json!({"from": from.to_string(), "to": to.to_string(), "g": ["USER", "PRODUCT"]}),
+    )
+    .await;
+    let mut named: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            [
+                &r["user"]["email"],
+                &r["user"]["name"],
+                &r["product"]["code"],
+                &r["product"]["name"],
+            ]
+            .map(id)
+        })
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            ["+1@evil.test", "-2+3", "plain", CMD],
+            ["=cmd@evil.test", "@SUM(1)", "-2", LINK],
+        ]
+    );
+    let products = s.ok(OP, "{ products { code name } }", json!({})).await;
+    assert!(
+        products["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["code"] == "-2" && p["name"] == LINK),
+        "{products:#}"
+    );
+}
