@@ -1,16 +1,17 @@
 //! HTTP: the GraphQL endpoint and its WebSocket twin, GraphiQL, health and metrics,
 //! and the admin console's static files.
 
-use crate::graphql::context::Req;
+use crate::graphql::context::{Req, limit_key};
 use crate::graphql::error::gql;
 use crate::graphql::error::{add_request_id, outcome_of};
 use crate::graphql::loaders::Loaders;
 use crate::graphql::subscription::LiveCaller;
 use crate::state::AppState;
 use crate::telemetry::{OperationSlot, REQUEST_ID_HEADER, RequestId, record_graphql};
+use crate::ws_limits;
 use async_graphql::Data;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Extension;
 use axum::{
     Json, Router,
@@ -156,13 +157,16 @@ const WS_UNAUTHENTICATED: &str = "UNAUTHENTICATED: send `Authorization: Bearer <
 /// graphql-transport-ws protocol or the legacy graphql-ws one. The caller's key comes
 /// with the upgrade request (`Authorization: Bearer <key>`, checked before upgrading)
 /// or in the `connection_init` payload, as browsers cannot set headers on a WebSocket.
-/// Without a valid key the connection is closed at `connection_init`.
+/// Without a valid key the connection is closed at `connection_init`; the limits of
+/// [`ws_limits`] hold for every connection.
 async fn graphql_ws(
     State(state): State<AppState>,
-    protocol: GraphQLProtocol,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let Some(protocol) = ws_protocol(&headers) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
     let key = match header_key(&headers) {
         Ok(key) => key.map(str::to_owned),
         Err(e) => return refuse_upgrade(e),
@@ -176,10 +180,21 @@ async fn graphql_ws(
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
             let schema = state.schema.clone();
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| connection_data(state, key, payload))
-                .serve()
+            let callers = state.ws_connections.clone();
+            ws_limits::serve(socket, schema, protocol, callers, move |payload| {
+                connection_data(state, key, payload)
+            })
         })
+}
+
+/// The first GraphQL protocol the client offers in `Sec-WebSocket-Protocol`.
+fn ws_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
+    headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .find_map(|p| p.trim().parse().ok())
 }
 
 /// A GraphQL error answer instead of an upgrade: 401 for a wrong key.
@@ -198,12 +213,13 @@ fn refuse_upgrade(e: DomainError) -> Response {
 
 /// The connection's data once `connection_init` is accepted: what a POST request gets
 /// (its [`Req`] and loaders, for the operation that subscribes), and the key, which
-/// every later operation and push authenticates again.
+/// every later operation and push authenticates again; and whom the connection
+/// counts against ([`limit_key`]).
 async fn connection_data(
     state: AppState,
     header_key: Option<String>,
     payload: Value,
-) -> async_graphql::Result<Data> {
+) -> async_graphql::Result<(Data, i64)> {
     let unauthenticated = || async_graphql::Error::new(WS_UNAUTHENTICATED);
     let key = header_key
         .or_else(|| init_payload_key(&payload))
@@ -214,6 +230,7 @@ async fn connection_data(
         Err(e) => return Err(gql(e)),
     };
     let now = state.clock.now();
+    let caller = limit_key(&actor);
     let mut data = Data::default();
     data.insert(Loaders::new(&state.db, now));
     data.insert(Req {
@@ -222,7 +239,7 @@ async fn connection_data(
         now,
     });
     data.insert(LiveCaller::new(key));
-    Ok(data)
+    Ok((data, caller))
 }
 
 /// The key in a `connection_init` payload: `{"Authorization": "Bearer <key>"}` (or

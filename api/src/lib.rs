@@ -8,6 +8,7 @@ pub mod http;
 pub mod state;
 pub mod telemetry;
 pub mod usage_csv;
+pub mod ws_limits;
 
 use config::Config;
 use daypass_domain::Db;

@@ -1,5 +1,6 @@
 use crate::config::Config;
 use crate::graphql::AppSchema;
+use crate::ws_limits::CallerConnections;
 use daypass_domain::events::BalanceFeed;
 use daypass_domain::{Clock, Db, SystemClock, TestClock, auth::OperatorKey};
 use daypass_worker::WorkerDeps;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub workers: WorkerDeps,
     /// Balance announcements from every process on the database, for `balanceChanged`.
     pub balance_feed: BalanceFeed,
+    /// Open WebSocket connections per caller, held to their cap.
+    pub ws_connections: CallerConnections,
 }
 
 impl AppState {
@@ -44,6 +47,7 @@ impl AppState {
             ),
             workers,
             balance_feed,
+            ws_connections: CallerConnections::default(),
         })
     }
 

@@ -245,6 +245,35 @@ impl WsClient {
         }
     }
 
+    /// The `error` message that refuses operation `id`: its payload (a list of
+    /// GraphQL errors in graphql-transport-ws, one error in the legacy protocol).
+    pub async fn expect_error(&mut self, id: &str) -> Value {
+        match self.recv(PUSH_TIMEOUT).await {
+            Some(Incoming::Message(m)) if m["type"] == "error" && m["id"] == id => {
+                m["payload"].clone()
+            }
+            other => panic!("expected an error for operation {id}, got {other:?}"),
+        }
+    }
+
+    /// Ends operation `id` (`complete`, or `stop` in the legacy protocol) and waits
+    /// for the server's `complete`.
+    pub async fn complete(&mut self, id: &str) {
+        let kind = match self.protocol {
+            Protocol::GraphqlTransportWs => "complete",
+            Protocol::LegacyGraphqlWs => "stop",
+        };
+        self.send(json!({"id": id, "type": kind})).await;
+        self.expect_complete(id).await;
+    }
+
+    /// Closes the connection the proper way (a close frame, then the server's) and
+    /// returns once the server has answered or gone.
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+        while let Some(Incoming::Message(_)) = self.recv_frame(PUSH_TIMEOUT).await {}
+    }
+
     /// Asserts that nothing arrives for [`QUIET`].
     pub async fn expect_quiet(&mut self, why: &str) {
         if let Some(m) = self.recv(QUIET).await {

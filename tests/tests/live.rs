@@ -446,3 +446,186 @@ async fn postgres_the_feed_listens_again_after_its_connection_drops() {
     buy(&s, &t.admin, 5).await;
     assert_pushed(&ws.next_balance(&sub).await, &t, 105);
 }
+
+/// The caps of `api/src/ws_limits.rs`, as a client meets them.
+const MAX_OPERATIONS_PER_CONNECTION: usize = 20;
+const MAX_CONNECTIONS_PER_CALLER: usize = 20;
+
+/// The next `balanceChanged` push of each of `ids`, in whatever order they come.
+async fn pushes_to_each(ws: &mut WsClient, ids: &[String], tenant: &Tenant, expected: i64) {
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < ids.len() {
+        match ws.recv(daypass_tests::ws::PUSH_TIMEOUT).await {
+            Some(Incoming::Message(m)) if m["type"] == "next" || m["type"] == "data" => {
+                let id = id(&m["id"]);
+                assert!(ids.contains(&id), "a push for {id}, not one of {ids:?}");
+                assert_pushed(&m["payload"]["data"]["balanceChanged"], tenant, expected);
+                assert!(heard.insert(id.clone()), "two pushes for {id}");
+            }
+            other => panic!("expected pushes to {ids:?}, heard {heard:?}, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts `payload` (an `error` message's) refuses an operation for the
+/// connection's cap.
+fn assert_too_many_subscriptions(error: &Value) {
+    assert_eq!(error["extensions"]["code"], "FORBIDDEN", "{error:#}");
+    assert_eq!(
+        error["extensions"]["reason"], "TOO_MANY_SUBSCRIPTIONS",
+        "{error:#}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("at most 20"),
+        "{error:#}"
+    );
+}
+
+/// One connection runs at most 20 operations at once: the 21st `subscribe` gets an
+/// `error` for its id and never starts, the first 20 still get their pushes, and an
+/// operation that ends (completed by the client, or a query that is answered) frees
+/// its place. The legacy protocol is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_past_the_cap_of_a_connection_are_refused_and_the_rest_still_push() {
+    let s = TestServer::start_with(&[EXTERNAL_WORKERS]).await;
+    let t = tenant(&s, "Acme").await;
+    let mut ws = WsClient::open(&s, &t.admin).await;
+    let mut subs = Vec::new();
+    for _ in 0..MAX_OPERATIONS_PER_CONNECTION {
+        subs.push(ws.subscribe_balance(None).await);
+    }
+    let over = ws.subscribe_balance(None).await;
+    let refused = ws.expect_error(&over).await;
+    assert_too_many_subscriptions(&refused[0]);
+
+    buy(&s, &t.admin, 100).await;
+    pushes_to_each(&mut ws, &subs, &t, 100).await;
+    ws.expect_quiet("the refused subscription hears nothing")
+        .await;
+
+    // Completing one frees its place for another.
+    let done = subs.remove(0);
+    ws.complete(&done).await;
+    subs.push(ws.subscribe_balance(None).await);
+    let over = ws.subscribe_balance(None).await;
+    assert_too_many_subscriptions(&ws.expect_error(&over).await[0]);
+
+    // A query is an operation too, and frees its place once answered: with one place
+    // free, query after query is answered.
+    ws.complete(&subs.remove(0)).await;
+    for _ in 0..3 {
+        let q = ws.subscribe("{ viewer { role } }", json!({})).await;
+        assert_eq!(ws.next_payload(&q).await["data"]["viewer"]["role"], "ADMIN");
+        ws.expect_complete(&q).await;
+    }
+    buy(&s, &t.admin, 5).await;
+    pushes_to_each(&mut ws, &subs, &t, 105).await;
+
+    // The legacy graphql-ws protocol: the same cap, its `error` carries one error.
+    let mut legacy = WsClient::connect(&s, Protocol::LegacyGraphqlWs, Some(&t.member))
+        .await
+        .unwrap();
+    assert_eq!(
+        legacy.init(json!({})).await,
+        Incoming::Message(json!({"type": "connection_ack"}))
+    );
+    let mut legacy_subs = Vec::new();
+    for _ in 0..MAX_OPERATIONS_PER_CONNECTION {
+        legacy_subs.push(legacy.subscribe_balance(None).await);
+    }
+    let over = legacy.subscribe_balance(None).await;
+    assert_too_many_subscriptions(&legacy.expect_error(&over).await);
+    buy(&s, &t.admin, 1).await;
+    pushes_to_each(&mut legacy, &legacy_subs, &t, 106).await;
+    pushes_to_each(&mut ws, &subs, &t, 106).await;
+}
+
+/// Connects with the key in `connection_init`; the answer to it.
+async fn try_open(s: &TestServer, protocol: Protocol, key: &str) -> (WsClient, Incoming) {
+    let mut ws = WsClient::connect(s, protocol, None).await.unwrap();
+    let answer = ws
+        .init(json!({"Authorization": format!("Bearer {key}")}))
+        .await;
+    (ws, answer)
+}
+
+/// Asserts `answer` closes the connection for the caller's cap.
+fn assert_too_many_connections(answer: &Incoming) {
+    match answer {
+        Incoming::Closed(Some((4429, reason))) => {
+            assert!(
+                reason.starts_with("TOO_MANY_CONNECTIONS") && reason.contains("at most 20"),
+                "{reason}"
+            );
+            assert!(reason.len() <= 123, "{reason}");
+        }
+        other => panic!("expected a close with 4429, got {other:?}"),
+    }
+}
+
+/// A key whose caller has a place again, once the server has seen a connection go
+/// (closing is not instant on its side): retried for a few seconds, no longer.
+async fn open_once_a_place_frees(s: &TestServer, key: &str) -> WsClient {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (ws, answer) = try_open(s, Protocol::GraphqlTransportWs, key).await;
+        match answer {
+            Incoming::Message(m) if m == json!({"type": "connection_ack"}) => return ws,
+            refused if std::time::Instant::now() < deadline => {
+                assert_too_many_connections(&refused);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            refused => panic!("no place freed within 5 s: {refused:?}"),
+        }
+    }
+}
+
+/// One caller holds at most 20 open connections: the 21st is closed at
+/// `connection_init` with 4429 and a reason, the 20 keep working, other callers
+/// connect and subscribe as before, and a connection that goes (closed, or dropped
+/// without a word) frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_of_a_caller_are_closed_and_others_still_connect() {
+    let s = TestServer::start_with(&[EXTERNAL_WORKERS]).await;
+    let t = tenant(&s, "Acme").await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_CALLER {
+        held.push(WsClient::open(&s, &t.admin).await);
+    }
+    assert_too_many_connections(&try_open(&s, Protocol::GraphqlTransportWs, &t.admin).await.1);
+    // The key on the upgrade request: upgraded, then refused at connection_init.
+    let mut ws = WsClient::connect(&s, Protocol::GraphqlTransportWs, Some(&t.admin))
+        .await
+        .unwrap();
+    assert_too_many_connections(&ws.init(json!({})).await);
+    // The legacy protocol is told with connection_error, then closed the same way.
+    let (mut legacy, answer) = try_open(&s, Protocol::LegacyGraphqlWs, &t.admin).await;
+    match answer {
+        Incoming::Message(m) if m["type"] == "connection_error" => assert!(
+            m["payload"]["message"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("TOO_MANY_CONNECTIONS")),
+            "{m}"
+        ),
+        other => panic!("expected connection_error, got {other:?}"),
+    }
+    assert_too_many_connections(&legacy.recv(daypass_tests::ws::PUSH_TIMEOUT).await.unwrap());
+
+    // Everyone else is served: another caller connects and hears its account, and the
+    // admin's connections still work, over HTTP too.
+    let mut member = WsClient::open(&s, &t.member).await;
+    let member_sub = member.subscribe_balance(None).await;
+    let admin_sub = held[0].subscribe_balance(None).await;
+    buy(&s, &t.admin, 100).await;
+    assert_pushed(&member.next_balance(&member_sub).await, &t, 100);
+    assert_pushed(&held[0].next_balance(&admin_sub).await, &t, 100);
+    assert_eq!(balance(&s, &t.admin).await, 100);
+
+    // Closing one frees a place; so does dropping one without a close frame.
+    held.pop().unwrap().close().await;
+    held.push(open_once_a_place_frees(&s, &t.admin).await);
+    drop(held.pop());
+    held.push(open_once_a_place_frees(&s, &t.admin).await);
+    // And the count is exact: full again.
+    assert_too_many_connections(&try_open(&s, Protocol::GraphqlTransportWs, &t.admin).await.1);
+}

@@ -48,6 +48,16 @@ impl ReqRef<'_> {
     }
 }
 
+/// Whom the per-caller limits (the mutation rate, open WebSocket connections) count
+/// against: a user by id, all of their keys together, so more keys buy no more;
+/// the operator as -1.
+pub fn limit_key(actor: &Actor) -> i64 {
+    match actor {
+        Actor::User(u) => i64::from(u.user_id),
+        Actor::Operator => -1,
+    }
+}
+
 pub fn parse_id(id: &ID, what: &str) -> Result<i32> {
     id.parse::<i32>()
         .ok()

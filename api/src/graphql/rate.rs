@@ -9,13 +9,12 @@
 //! Queries are never limited here (depth and complexity are the schema's limits,
 //! aliases [`super::aliases`]'s).
 
-use super::context::Req;
+use super::context::{Req, limit_key};
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
 };
 use async_graphql::{ErrorExtensionValues, ServerError, ServerResult, Variables};
-use daypass_domain::Actor;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use std::num::NonZeroU32;
@@ -133,10 +132,12 @@ impl Extension for MutationRate {
             return Ok(doc);
         };
         // Without a valid key the resolvers refuse anyway (UNAUTHENTICATED).
-        let key = match ctx.data_opt::<Req>().and_then(|r| r.caller.as_ref()) {
-            Some(Actor::User(u)) => i64::from(u.user_id),
-            Some(Actor::Operator) => -1,
-            None => return Ok(doc),
+        let Some(key) = ctx
+            .data_opt::<Req>()
+            .and_then(|r| r.caller.as_ref())
+            .map(limit_key)
+        else {
+            return Ok(doc);
         };
         if limiter.len() > FORGET_ABOVE {
             limiter.retain_recent();
