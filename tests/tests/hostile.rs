@@ -312,7 +312,8 @@ async fn production_masks_internal_errors_and_suggests_nothing() {
     assert!(s.ok(op, "{ priceList { minQuantity } }", json!({})).await["priceList"][0].is_object());
 }
 
-/// A document holds at most 100 aliases, counted before it is validated or runs: 5,000
+/// A document holds at most 100 aliases and 5,000 fields (fragments expanded), counted
+/// on its text before it is validated or runs: 5,000
 /// of `__typename` (free in the complexity count) are refused over POST and over the
 /// WebSocket, a document taken from the parsed-document cache is counted again, and
 /// one at the limit is answered.
@@ -351,6 +352,23 @@ async fn a_document_over_the_alias_limit_is_refused_before_it_runs() {
         typenames(60)
     );
     refused(&s.gql(Some(admin), &spread, json!({})).await, 120);
+
+    // A fragment fan-out: under 1 KB, each fragment spreads the next twice, 2^24
+    // `__typename` selections once expanded. Refused on its text, with the count of
+    // the expanded document, before async-graphql walks (or runs) every spread.
+    let mut fan_out = String::from("{ ...F0 }\n");
+    for i in 0..24 {
+        fan_out += &format!("fragment F{i} on Query {{ ...F{n} ...F{n} }}\n", n = i + 1);
+    }
+    fan_out += "fragment F24 on Query { __typename }\n";
+    let resp = s.gql(Some(admin), &fan_out, json!({})).await;
+    let err = &resp["errors"][0];
+    assert_eq!(err["extensions"]["code"], "BAD_USER_INPUT", "{resp}");
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("at most 5000 fields") && message.contains(&(1u64 << 24).to_string()),
+        "{message}"
+    );
 
     let at_limit = s
         .ok(Some(admin), &format!("{{ {} }}", typenames(100)), json!({}))

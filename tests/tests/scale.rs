@@ -356,7 +356,10 @@ async fn the_binary_rolls_a_busy_day_up_in_short_transactions() {
             json!({}),
         )
         .await;
-    let admin = created["createAccount"]["adminApiKey"].as_str().unwrap().to_owned();
+    let admin = created["createAccount"]["adminApiKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let admin_id = created["createAccount"]["admin"]["id"].clone();
     s.ok(
         Some(&admin),

@@ -1,7 +1,7 @@
 //! The GraphQL schema: the contract's roots, composed by area.
 
-pub mod aliases;
 pub mod context;
+pub mod document_limits;
 pub mod error;
 pub mod loaders;
 pub mod mutation;
@@ -50,11 +50,13 @@ fn limited<Q, M, S>(
 ) -> SchemaBuilder<Q, M, S> {
     let b = b
         .extension(FreshRequestPerExecution)
-        // Before the parsed-document cache, so a cached document is counted too; the
-        // alias count inside the rate, so a refused document spends none of it.
+        // The rate before the parsed-document cache, so a cached mutation is counted
+        // too; the document limits inside the cache, on the text of a document not
+        // kept yet (a kept one passed them), before async-graphql walks it; a refused
+        // document spends none of the rate.
         .extension(rate::MutationRate::new(mutation_rate))
-        .extension(aliases::AliasLimit)
         .extension(parsed::ParsedDocuments::default())
+        .extension(document_limits::DocumentLimits)
         .extension(crate::telemetry::OperationNames)
         .limit_depth(16)
         .limit_complexity(5_000)

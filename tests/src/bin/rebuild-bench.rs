@@ -169,7 +169,12 @@ async fn measure(args: &Args, bin: &PathBuf) -> Result<Run> {
     drop(server);
     for stats in [&quiet, &rebuilding] {
         if stats.failures > 0 {
-            bail!("{}: {} failed requests: {:?}", stats.name, stats.failures, stats.samples);
+            bail!(
+                "{}: {} failed requests: {:?}",
+                stats.name,
+                stats.failures,
+                stats.samples
+            );
         }
     }
     Ok(Run {

@@ -1,13 +1,21 @@
-//! At most [`MAX_ALIASES`] aliases in one document, checked when the document is
-//! parsed, before it is validated or runs. An alias makes a field answer once more,
-//! and some fields cost nothing in the complexity count (`__typename`): without this
-//! limit a document of 5,000 `__typename` aliases was answered in full.
+//! Limits on the size of a document, checked on its text before async-graphql parses
+//! it for execution, validates it or runs it:
+//! - at most [`MAX_ALIASES`] aliases: an alias makes a field answer once more, and
+//!   some fields cost nothing in the complexity count (`__typename`), so 5,000
+//!   `__typename` aliases were answered in full;
+//! - at most [`MAX_SELECTIONS`] field selections once fragment spreads are
+//!   expanded: a document of a few hundred bytes whose fragments each spread the
+//!   next twice asks for millions, and async-graphql's own recursion check,
+//!   validation and execution walk every one of them (seconds of CPU per request).
 //!
-//! Registered before the parsed-document cache, so a document taken from the cache is
-//! counted too; the same schema serves POST and WebSocket, so both are limited.
+//! Both are counted with each fragment counted once and remembered, so counting
+//! costs what the text costs. The check runs inside the parsed-document cache, on a
+//! miss: a kept document passed it when it was kept, and a refused one is never
+//! kept. The same schema serves POST and WebSocket, so both are limited.
 
 use super::rate::refusal;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::parser::parse_query;
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{Name, ServerResult, Variables};
 use std::collections::HashMap;
@@ -19,22 +27,27 @@ use std::sync::Arc;
 /// dozen quotes or accounts at once.
 pub const MAX_ALIASES: usize = 100;
 
+/// The most field selections one document may ask for, fragments expanded: the
+/// complexity limit's number, which no honest document reaches (the console's
+/// largest asks for about a hundred).
+pub const MAX_SELECTIONS: usize = 5_000;
+
 /// Fragments spread inside fragments deeper than this count nothing more. The
-/// schema's recursion limit (32, checked while parsing) refuses such documents
-/// before they get here; this only bounds the walk.
+/// schema's recursion limit (32) refuses such documents anyway; this only bounds
+/// the walk.
 const MAX_SPREAD_DEPTH: usize = 64;
 
 #[derive(Clone, Copy, Default)]
-pub struct AliasLimit;
+pub struct DocumentLimits;
 
-impl ExtensionFactory for AliasLimit {
+impl ExtensionFactory for DocumentLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(AliasLimit)
+        Arc::new(DocumentLimits)
     }
 }
 
 #[async_graphql::async_trait::async_trait]
-impl Extension for AliasLimit {
+impl Extension for DocumentLimits {
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -42,88 +55,114 @@ impl Extension for AliasLimit {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
-        let aliases = aliases_asked(&doc);
-        if aliases > MAX_ALIASES {
-            return Err(refusal(
-                format!(
-                    "a document may hold at most {MAX_ALIASES} aliases; this one asks for {aliases}"
-                ),
-                "BAD_USER_INPUT",
-                &[],
-            ));
+        // A document that does not parse gets async-graphql's own error below.
+        if let Ok(doc) = parse_query(query) {
+            let asked = asked(&doc);
+            if asked.aliases > MAX_ALIASES {
+                return Err(too_big(format!(
+                    "a document may hold at most {MAX_ALIASES} aliases; this one asks for {}",
+                    asked.aliases
+                )));
+            }
+            if asked.selections > MAX_SELECTIONS {
+                return Err(too_big(format!(
+                    "a document may ask for at most {MAX_SELECTIONS} fields, fragments expanded; \
+                     this one asks for {}",
+                    asked.selections
+                )));
+            }
         }
-        Ok(doc)
+        next.run(ctx, query, variables).await
     }
 }
 
-/// The aliases a document asks for: those of every operation (which one runs is not
-/// known yet), a fragment's counted at each place it is spread, so a fragment of 50
-/// aliases spread 100 times counts 5,000. Each fragment is counted once and
-/// remembered, so a fragment that spreads another many times over costs no more
-/// than its text.
-pub fn aliases_asked(doc: &ExecutableDocument) -> usize {
+fn too_big(message: String) -> async_graphql::ServerError {
+    refusal(message, "BAD_USER_INPUT", &[])
+}
+
+/// What a document asks for, over every operation (which one runs is not known yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asked {
+    pub aliases: usize,
+    /// Field selections, a fragment's counted at each place it is spread.
+    pub selections: usize,
+}
+
+impl Asked {
+    fn plus(self, o: Asked) -> Asked {
+        Asked {
+            aliases: self.aliases.saturating_add(o.aliases),
+            selections: self.selections.saturating_add(o.selections),
+        }
+    }
+}
+
+/// A fragment of 50 aliases spread 100 times counts 5,000. Each fragment is counted
+/// once and remembered, so a fragment that spreads another many times over costs no
+/// more than its text.
+pub fn asked(doc: &ExecutableDocument) -> Asked {
     let mut fragments = HashMap::new();
     doc.operations
         .iter()
-        .map(|(_, op)| aliases_in(doc, &op.node.selection_set.node, &mut fragments, 0))
-        .fold(0, usize::saturating_add)
+        .map(|(_, op)| asked_in(doc, &op.node.selection_set.node, &mut fragments, 0))
+        .fold(Asked::default(), Asked::plus)
 }
 
-fn aliases_in<'d>(
+fn asked_in<'d>(
     doc: &'d ExecutableDocument,
     set: &'d SelectionSet,
-    fragments: &mut HashMap<&'d Name, usize>,
+    fragments: &mut HashMap<&'d Name, Asked>,
     spread_depth: usize,
-) -> usize {
+) -> Asked {
     set.items
         .iter()
         .map(|item| match &item.node {
-            Selection::Field(field) => {
-                let own = usize::from(field.node.alias.is_some());
-                own.saturating_add(aliases_in(
-                    doc,
-                    &field.node.selection_set.node,
-                    fragments,
-                    spread_depth,
-                ))
+            Selection::Field(field) => Asked {
+                aliases: usize::from(field.node.alias.is_some()),
+                selections: 1,
             }
-            Selection::InlineFragment(inline) => aliases_in(
+            .plus(asked_in(
+                doc,
+                &field.node.selection_set.node,
+                fragments,
+                spread_depth,
+            )),
+            Selection::InlineFragment(inline) => asked_in(
                 doc,
                 &inline.node.selection_set.node,
                 fragments,
                 spread_depth,
             ),
-            Selection::FragmentSpread(spread) => fragment_aliases(
+            Selection::FragmentSpread(spread) => fragment_asks(
                 doc,
                 &spread.node.fragment_name.node,
                 fragments,
                 spread_depth,
             ),
         })
-        .fold(0, usize::saturating_add)
+        .fold(Asked::default(), Asked::plus)
 }
 
-/// A fragment's aliases, its own spreads expanded; an unknown fragment, or one that
+/// A fragment's asks, its own spreads expanded; an unknown fragment, or one that
 /// spreads itself, counts nothing here (validation refuses both).
-fn fragment_aliases<'d>(
+fn fragment_asks<'d>(
     doc: &'d ExecutableDocument,
     name: &'d Name,
-    fragments: &mut HashMap<&'d Name, usize>,
+    fragments: &mut HashMap<&'d Name, Asked>,
     spread_depth: usize,
-) -> usize {
+) -> Asked {
     if let Some(known) = fragments.get(name) {
         return *known;
     }
     let Some(fragment) = doc.fragments.get(name) else {
-        return 0;
+        return Asked::default();
     };
     if spread_depth >= MAX_SPREAD_DEPTH {
-        return 0;
+        return Asked::default();
     }
     // Counted as nothing while it is being counted: a cycle ends here.
-    fragments.insert(name, 0);
-    let n = aliases_in(
+    fragments.insert(name, Asked::default());
+    let n = asked_in(
         doc,
         &fragment.node.selection_set.node,
         fragments,
@@ -140,7 +179,11 @@ mod tests {
     use async_graphql::parser::parse_query;
 
     fn count(doc: &str) -> usize {
-        aliases_asked(&parse_query(doc).expect("parses"))
+        asked(&parse_query(doc).expect("parses")).aliases
+    }
+
+    fn selections(doc: &str) -> usize {
+        asked(&parse_query(doc).expect("parses")).selections
     }
 
     fn typenames(n: usize) -> String {
@@ -180,6 +223,8 @@ mod tests {
         }
         doc += "fragment F30 on Query { a: __typename b: __typename }\n";
         assert_eq!(count(&doc), 2 << 30);
+        assert_eq!(selections(&doc), 2 << 30);
+        assert_eq!(selections("{ viewer { role } a: products { id name } }"), 5);
         // A cycle (refused by validation) ends the count instead of looping.
         assert_eq!(
             count(
