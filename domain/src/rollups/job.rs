@@ -155,6 +155,10 @@ async fn roll_day(
         longest = longest.max(held.elapsed());
     }
 
+    let mut since = Vec::new();
+    for period in PERIODS {
+        since.push(users_since(db.conn(), period, period.start_of(day)).await?);
+    }
     let Some(tx) = locked(db, watermark).await? else {
         return Ok(false);
     };
@@ -162,16 +166,19 @@ async fn roll_day(
     replace_account_rows(&*tx, day, &aggregates).await?;
     for period in PERIODS {
         store_period_counts(&*tx, period, day, &first_seen).await?;
-        roll_users_since(&*tx, period, period.start_of(day)).await?;
+    }
+    for since in since {
+        store_users_since(&*tx, since).await?;
     }
     set_watermark(&*tx, day).await?;
     tx.commit().await?;
-    longest = longest.max(held.elapsed());
+    let last = held.elapsed();
     tracing::debug!(
         %day,
         rows = aggregates.len(),
         transactions = chunks.len() + 2,
-        longest_write_ms = longest.as_secs_f64() * 1e3,
+        longest_write_ms = longest.max(last).as_secs_f64() * 1e3,
+        last_write_ms = last.as_secs_f64() * 1e3,
         "rolled up a day"
     );
 
@@ -686,27 +693,28 @@ async fn drop_finished_members(
     Ok(())
 }
 
-/// Rewrites the distinct users of `period` since each of its days from its members:
-/// the users since a day are those last seen on it or later.
-async fn roll_users_since(
+/// The distinct users of each account's `period` since each of its days, from its
+/// members: the users since a day are those last seen on it or later. Read once every
+/// chunk of the day is written, outside the writer lock: the members hold what every
+/// roll of the day writes alike.
+struct UsersSince {
+    period: Period,
+    start: NaiveDate,
+    accounts: Vec<i32>,
+    rows: Vec<Vec<Value>>,
+}
+
+async fn users_since(
     conn: &impl ConnectionTrait,
     period: Period,
     start: NaiveDate,
-) -> Result<()> {
-    let backend = conn.get_database_backend();
-    let key = || -> Vec<Value> { vec![period.grain().into(), start.into()] };
-    conn.execute_raw(stmt(
-        backend,
-        "DELETE FROM usage_period_users_since WHERE grain = ? AND period = ?",
-        key(),
-    ))
-    .await?;
+) -> Result<UsersSince> {
     let rows = conn
         .query_all_raw(stmt(
-            backend,
+            conn.get_database_backend(),
             "SELECT account_id, product_id, last_day, COUNT(*) AS n FROM usage_period_members \
              WHERE grain = ? AND period = ? GROUP BY account_id, product_id, last_day",
-            key(),
+            vec![period.grain().into(), start.into()],
         ))
         .await?;
     // (account, product) → last day → members last seen that day.
@@ -718,6 +726,8 @@ async fn roll_users_since(
             .insert(r.try_get("", "last_day")?, r.try_get("", "n")?);
     }
     let mut since = Vec::new();
+    let mut accounts: Vec<i32> = last_seen.keys().map(|(a, _)| *a).collect();
+    accounts.dedup();
     for ((account_id, product_id), days) in last_seen {
         let Some(last) = days.keys().next_back().copied() else {
             continue;
@@ -737,6 +747,32 @@ async fn roll_users_since(
             from -= Duration::days(1);
         }
     }
+    Ok(UsersSince {
+        period,
+        start,
+        accounts,
+        rows: since,
+    })
+}
+
+/// Replaces the stored users since each day of the period with `since`'s, an
+/// account at a time (each by its key's prefix).
+async fn store_users_since(conn: &impl ConnectionTrait, since: UsersSince) -> Result<()> {
+    let UsersSince {
+        period,
+        start,
+        accounts,
+        rows,
+    } = since;
+    for account_id in accounts {
+        conn.execute_raw(stmt(
+            conn.get_database_backend(),
+            "DELETE FROM usage_period_users_since \
+             WHERE account_id = ? AND grain = ? AND period = ?",
+            vec![account_id.into(), period.grain().into(), start.into()],
+        ))
+        .await?;
+    }
     insert_many(
         conn,
         "usage_period_users_since",
@@ -748,7 +784,7 @@ async fn roll_users_since(
             "product_id",
             "distinct_users",
         ],
-        since,
+        rows,
         "",
     )
     .await?;

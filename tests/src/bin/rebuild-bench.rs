@@ -41,6 +41,10 @@ struct Args {
     requests: usize,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// The longest the phase during the rebuild runs: a build that holds the writer
+    /// for a whole day's rollup answers few opens a second meanwhile.
+    #[arg(long, default_value_t = 30)]
+    rebuild_seconds: u64,
 }
 
 const OPERATOR_KEY: &str = "rebuild-bench-operator-key-0123456789abcdef";
@@ -154,7 +158,8 @@ async fn measure(args: &Args, bin: &PathBuf) -> Result<Run> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let first = rollups::rolled_through(db.conn()).await?;
-    let rebuilding = drive::run(&clients, &server.base_url, &rebuilding).await;
+    let deadline = Instant::now() + Duration::from_secs(args.rebuild_seconds);
+    let rebuilding = drive::run_until(&clients, &server.base_url, &rebuilding, Some(deadline)).await;
     let last = rollups::rolled_through(db.conn()).await?;
     load::report::print_phase(&rebuilding);
     let days_rolled = match (first, last) {

@@ -137,6 +137,16 @@ pub async fn warm_up(clients: &[reqwest::Client], base_url: &str, key: &str) -> 
 
 /// Sends the phase's requests through the workers and measures them.
 pub async fn run(clients: &[reqwest::Client], base_url: &str, phase: &Phase) -> PhaseStats {
+    run_until(clients, base_url, phase, None).await
+}
+
+/// [`run`], sending no request after `deadline` (the phase ends with fewer).
+pub async fn run_until(
+    clients: &[reqwest::Client],
+    base_url: &str,
+    phase: &Phase,
+    deadline: Option<Instant>,
+) -> PhaseStats {
     let url = format!("{base_url}/graphql");
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -146,7 +156,7 @@ pub async fn run(clients: &[reqwest::Client], base_url: &str, phase: &Phase) -> 
         async move {
             let mut latencies = Vec::new();
             let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(req) = phase.requests.get(i) else {
                     break;
@@ -175,7 +185,8 @@ pub async fn run(clients: &[reqwest::Client], base_url: &str, phase: &Phase) -> 
     latencies.sort_unstable();
     PhaseStats {
         name: phase.name.clone(),
-        requests: phase.requests.len(),
+        // Those sent: all of them, unless failures or the deadline stopped the phase.
+        requests: latencies.len(),
         elapsed,
         latencies,
         failures: failures.len(),
