@@ -450,7 +450,8 @@ function rangeForm(form, prefix, reload) {
   });
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    // Daypass itself judges the range (order, length) and says what is wrong.
+    // Daypass itself judges the range (any length, all time included; the order) and
+    // says what is wrong.
     if (!from.value || !to.value) return showError(new ApiError("Choose both the first and the last day of the range."));
     clearError();
     S.range = { preset: "custom", from: from.value, to: to.value };
@@ -471,8 +472,12 @@ async function loadUsage() {
     } }`, { a: acct(), from, to });
   const a = accountOf(d);
   const byDay = new Map(a.byDay.map((r) => [r.period, r]));
+  // A long range (all time, say) is charted from its first to its last day with
+  // usage, as Daypass reads it, not as decades of empty days.
+  const long = (Date.parse(to) - Date.parse(from)) / 86400000 > 400;
+  const [start, end] = long && a.byDay.length ? [a.byDay[0].period, a.byDay.at(-1).period] : [from, to];
   const points = [];
-  for (let dd = from; dd <= to; dd = addDays(dd, 1)) points.push({ day: dd, tokens: byDay.get(dd)?.tokens ?? 0 });
+  for (let dd = start; dd <= end; dd = addDays(dd, 1)) points.push({ day: dd, tokens: byDay.get(dd)?.tokens ?? 0 });
   drawDays($("#chart-days"), points);
   $("#days-table tbody").replaceChildren(...(a.byDay.length ? a.byDay.map((r) => el("tr", {},
     el("td", { text: r.period }), el("td", { class: "num", text: int.format(r.tokens) }),
