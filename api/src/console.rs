@@ -1,4 +1,4 @@
-//! The admin console (issue 8): the static files of `console/`, compiled into the
+//! The admin console: the static files of `console/`, compiled into the
 //! binary and served at `/` (the page) and `/console/…` (its scripts, styles and the
 //! chart library). The page calls the public GraphQL API like any other client; no
 //! rule lives here.

@@ -360,7 +360,9 @@ fn run_charges(db: Db, _key: i32, items: Vec<ChargeRequest>) -> BatchFuture<Open
     Box::pin(async move { charge_batch(&db, items).await })
 }
 
-/// Rules 7–10 in the order, on what one read saw.
+/// Rules 7–10 on what one read saw, in the order an open is decided: the product and
+/// the user, a subscription seat first (rule 9), then pay-as-you-go assignment (rule
+/// 7), the product lists (rule 8) and the window (rule 10).
 fn decide(
     user: &user::Model,
     product: Option<&product::Model>,

@@ -1,4 +1,4 @@
--- The raw-SQL ceiling of one charging open on SQLite (issue 5): one transaction
+-- The raw-SQL ceiling of one charging open on SQLite: one transaction
 -- that `load-bench` repeats, once per charge of its charging phase (the same users,
 -- products and accounts), filling the {placeholders}, and feeds to
 --   sqlite3 -bail <copy of the server's database>

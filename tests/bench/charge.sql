@@ -1,4 +1,4 @@
--- The raw-SQL ceiling of one charging open on PostgreSQL (issue 5). `load-bench`
+-- The raw-SQL ceiling of one charging open on PostgreSQL. `load-bench`
 -- runs it as
 --   pgbench -n -M prepared -c 16 -j 2 -T <seconds> -f charge.sql -D aid_first=… …
 -- against the database its server has just used (the lots topped up first).

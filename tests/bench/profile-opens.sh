@@ -1,5 +1,5 @@
 #!/bin/bash
-# Where the CPU of an open goes (issue 5): runs load-bench on one backend, records
+# Where the CPU of an open goes: runs load-bench on one backend, records
 # the whole machine with perf during one phase, and prints CPU time per open by
 # category (tests/bench/cpu-per-open.py).
 #

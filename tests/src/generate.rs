@@ -1,4 +1,4 @@
-//! One realistic year of usage for the report benchmarks (issue 4, "Scale"): a big
+//! One realistic year of usage for the report benchmarks: a big
 //! account ("Globex") with thousands of users and millions of charges, and a few
 //! small accounts around it, written the way the domain writes them.
 //!
@@ -53,7 +53,7 @@ pub struct YearSpec {
 }
 
 impl YearSpec {
-    /// The issue's year: 10 million charges, 5,000 users, 50 products, ending yesterday.
+    /// The benchmark year: 10 million charges, 5,000 users, 50 products, ending yesterday.
     pub fn year() -> YearSpec {
         YearSpec {
             charges: 10_000_000,

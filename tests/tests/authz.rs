@@ -1,4 +1,4 @@
-//! Issue 7, authorization matrix: every root field of the served schema (Query,
+//! Authorization matrix: every root field of the served schema (Query,
 //! Mutation — the test clock's included — and Subscription) against every kind of
 //! caller, over HTTP (WebSocket for the subscription), with the outcome PRODUCT.md
 //! rule 19 gives. A field of the schema without a row fails the test. Cross-tenant

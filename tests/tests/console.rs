@@ -1,4 +1,4 @@
-//! The admin console (issue 8): the static files the binary serves, and the browser
+//! The admin console: the static files the binary serves, and the browser
 //! tests (`console/tests/run.mjs`, Debian's Chromium driven by playwright-core)
 //! against the real binary with a seeded account. Needs `node`, `/usr/bin/chromium`
 //! and `console/node_modules` (`npm ci` in `console/`): without them the browser test

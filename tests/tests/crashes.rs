@@ -1,4 +1,4 @@
-//! Issue 7, crashes: the real `daypass` binary killed with SIGKILL at random moments
+//! Crashes: the real `daypass` binary killed with SIGKILL at random moments
 //! under load, twenty times, restarted on the same database each time. After every
 //! restart the ledger's invariants hold (and SQLite's integrity check), and nothing
 //! the server acknowledged is lost: every purchase it answered, every charge it

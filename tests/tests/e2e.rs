@@ -1099,7 +1099,7 @@ async fn a_deactivated_user_loses_access_in_every_process_within_five_seconds() 
     }
 }
 
-/// Issue 7: a key may make at most `DAYPASS_MUTATION_RATE` changes a minute. Past it,
+/// A key may make at most `DAYPASS_MUTATION_RATE` changes a minute. Past it,
 /// a mutation is refused before any resolver runs (nothing changes), while queries
 /// and other keys go on.
 #[tokio::test]

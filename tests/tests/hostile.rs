@@ -1,4 +1,4 @@
-//! Issue 7, hostile input: a corpus of hostile requests against the real binary in
+//! Hostile input: a corpus of hostile requests against the real binary in
 //! production mode. Each is refused with a clear error (a GraphQL error with one of
 //! the contract's codes, or an HTTP 4xx for what is not GraphQL at all), the server
 //! keeps answering, and nothing in the database changes: rejected documents run no

@@ -1,4 +1,4 @@
-//! Issue 5's load benchmark as a smoke run: `load-bench --smoke` drives the real
+//! The load benchmark as a smoke run: `load-bench --smoke` drives the real
 //! binary on SQLite (and on PostgreSQL too when `DAYPASS_TEST_DATABASE` names a
 //! server) and runs its ceilings; it must finish without a single failed request
 //! and report sane figures. A benchmark, not a timed test: no target is checked.

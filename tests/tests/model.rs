@@ -1,4 +1,4 @@
-//! Issue 7, invariants under random concurrent work: a seeded random workload of
+//! Invariants under random concurrent work: a seeded random workload of
 //! purchases (repeated idempotency keys included), opens by many users (several at
 //! once for the same product, more than the balance covers), restrictions,
 //! pay-as-you-go assignment, subscriptions and their seats, deactivations, sweeps and
@@ -15,7 +15,7 @@
 //!
 //! `DAYPASS_MODEL_SEED=<n>` replays a run's workload (the seed is printed; the
 //! interleaving inside a batch is the server's). `DAYPASS_MODEL_RUNS` (default 2) and
-//! `DAYPASS_MODEL_BATCHES` (default 150) size the run; README "Safety nets".
+//! `DAYPASS_MODEL_BATCHES` (default 150) size the run; docs/testing.md, "Safety nets".
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use daypass_domain::Db;

@@ -1,4 +1,4 @@
-//! Issue 4's year generator at a small scale: what it writes keeps the ledger's rules,
+//! The year generator (`generate-year`) at a small scale: what it writes keeps the ledger's rules,
 //! and the typical reports give the same rows from the rollups (mixed with the raw
 //! tail) as from the raw opens, and the same totals as the tables themselves.
 

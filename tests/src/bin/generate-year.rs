@@ -1,4 +1,4 @@
-//! Writes one realistic year of usage into a database (issue 4, "Scale"): see
+//! Writes one realistic year of usage into a database: see
 //! `daypass_tests::generate`.
 //!
 //! `cargo run --release -p daypass-tests --bin generate-year -- --database sqlite:///path/year.db?mode=rwc`

@@ -1,4 +1,4 @@
-//! Issue 5's load benchmark: the real `daypass` binary on SQLite and on PostgreSQL,
+//! The load benchmark: the real `daypass` binary on SQLite and on PostgreSQL,
 //! driven with `openProduct` over HTTP by 16 concurrent keep-alive connections —
 //! charging opens (each a distinct user–product pair), reopens inside the window,
 //! for one account with thousands of flex users and for users spread over 1,000
@@ -34,7 +34,7 @@ enum Backend {
 }
 
 #[derive(Parser)]
-#[command(about = "Issue 5's load benchmark: openProduct over HTTP against raw-SQL ceilings")]
+#[command(about = "The load benchmark: openProduct over HTTP against raw-SQL ceilings")]
 struct Args {
     #[arg(long, value_enum, default_value_t = Backend::Both)]
     backend: Backend,

@@ -159,7 +159,8 @@ async fn measure(args: &Args, bin: &PathBuf) -> Result<Run> {
     }
     let first = rollups::rolled_through(db.conn()).await?;
     let deadline = Instant::now() + Duration::from_secs(args.rebuild_seconds);
-    let rebuilding = drive::run_until(&clients, &server.base_url, &rebuilding, Some(deadline)).await;
+    let rebuilding =
+        drive::run_until(&clients, &server.base_url, &rebuilding, Some(deadline)).await;
     let last = rollups::rolled_through(db.conn()).await?;
     load::report::print_phase(&rebuilding);
     let days_rolled = match (first, last) {

@@ -1,4 +1,4 @@
-//! The load benchmark of issue 5 (`load-bench`): the real `daypass` binary driven
+//! The load benchmark (`load-bench`): the real `daypass` binary driven
 //! with `openProduct` over HTTP by concurrent keep-alive connections, beside the
 //! raw-SQL ceilings (pgbench, the sqlite3 shell) of the same charge, in one run.
 //!

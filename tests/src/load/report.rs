@@ -1,12 +1,12 @@
 //! The figures of one run: each phase and ceiling as it comes, then the ratios to
-//! the ceilings against issue 5's targets, as a Markdown table, and as JSON.
+//! the ceilings against the benchmark's targets, as a Markdown table, and as JSON.
 
 use super::ceiling::Ceiling;
 use super::drive::PhaseStats;
 use super::server::Rss;
 use serde_json::{Value, json};
 
-/// Issue 5's targets (for the server-side work; missing one is not an error here).
+/// The benchmark's targets (for the server-side work; missing one is not an error here).
 pub const PG_ONE_TARGET: f64 = 1.0;
 pub const PG_SPREAD_TARGET: f64 = 0.5;
 pub const SQLITE_TARGET: f64 = 0.5;
