@@ -165,7 +165,7 @@ async fn usage(
     let mut tail_users: HashMap<Option<NaiveDate>, HashSet<(i32, i32)>> = HashMap::new();
     let mut day = tail_from;
     while day <= to {
-        let aggregates: Vec<_> = day_aggregates(conn, day, Some(account_id))
+        let aggregates: Vec<_> = day_aggregates(conn, day, account_id)
             .await?
             .into_iter()
             .filter(|a| filter.user_id.is_none_or(|u| a.user_id == u))

@@ -22,7 +22,7 @@ use super::{
 use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use daypass_entity::open;
+use daypass_entity::{account, open};
 use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder, QueryResult, QuerySelect, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -123,7 +123,19 @@ async fn roll_day(
     day: NaiveDate,
     chunk_rows: usize,
 ) -> Result<bool> {
-    let mut aggregates = day_aggregates(db.conn(), day, None).await?;
+    let mut aggregates = Vec::new();
+    // An account at a time, along the index on (account, time): one read of the
+    // whole day would scan every open ever recorded.
+    let accounts: Vec<i32> = account::Entity::find()
+        .select_only()
+        .column(account::Column::Id)
+        .order_by_asc(account::Column::Id)
+        .into_tuple()
+        .all(db.conn())
+        .await?;
+    for account_id in accounts {
+        aggregates.extend(day_aggregates(db.conn(), day, account_id).await?);
+    }
     aggregates.sort_unstable_by_key(|a| (a.account_id, a.user_id, a.product_id));
 
     // How long this roll held the writer at most (logged: the figure that matters

@@ -19,7 +19,7 @@ use load::drive::{self, Expect, Phase, PhaseStats};
 use load::server::Server;
 use load::setup::{self, Spec};
 use sea_orm::{ConnectionTrait, Statement};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -91,7 +91,7 @@ struct Run {
     days_rolled: i64,
 }
 
-async fn measure(args: &Args, bin: &PathBuf) -> Result<Run> {
+async fn measure(args: &Args, bin: &Path) -> Result<Run> {
     println!("== {}", bin.display());
     let db = Db::connect(&args.database).await?;
     rewind_rollups(&db).await?;
@@ -184,7 +184,7 @@ async fn measure(args: &Args, bin: &PathBuf) -> Result<Run> {
         }
     }
     Ok(Run {
-        bin: bin.clone(),
+        bin: bin.to_path_buf(),
         quiet,
         rebuilding,
         days_rolled,
