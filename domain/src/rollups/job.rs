@@ -23,7 +23,10 @@ use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use daypass_entity::{account, open};
-use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder, QueryResult, QuerySelect, Value};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect,
+    Value,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
@@ -80,15 +83,35 @@ pub async fn roll_up_in_chunks(db: &Db, now: DateTime<Utc>, chunk_rows: usize) -
     }
 }
 
+/// The day of the first open ever recorded, an account at a time along the index on
+/// (account, time) (an ORDER BY over every open would scan them all).
 async fn first_open_day(db: &Db) -> Result<Option<NaiveDate>> {
-    let first = open::Entity::find()
-        .select_only()
-        .column(open::Column::At)
-        .order_by_asc(open::Column::At)
-        .into_tuple::<DateTime<Utc>>()
-        .one(db.conn())
-        .await?;
+    let mut first: Option<DateTime<Utc>> = None;
+    for account_id in account_ids(db).await? {
+        let at = open::Entity::find()
+            .select_only()
+            .column(open::Column::At)
+            .filter(open::Column::AccountId.eq(account_id))
+            .order_by_asc(open::Column::At)
+            .into_tuple::<DateTime<Utc>>()
+            .one(db.conn())
+            .await?;
+        first = match (first, at) {
+            (Some(f), Some(a)) => Some(f.min(a)),
+            (f, a) => f.or(a),
+        };
+    }
     Ok(first.map(|at| at.date_naive()))
+}
+
+async fn account_ids(db: &Db) -> Result<Vec<i32>> {
+    Ok(account::Entity::find()
+        .select_only()
+        .column(account::Column::Id)
+        .order_by_asc(account::Column::Id)
+        .into_tuple()
+        .all(db.conn())
+        .await?)
 }
 
 /// A write transaction of the job, or `None` when the watermark is no longer
@@ -126,14 +149,7 @@ async fn roll_day(
     let mut aggregates = Vec::new();
     // An account at a time, along the index on (account, time): one read of the
     // whole day would scan every open ever recorded.
-    let accounts: Vec<i32> = account::Entity::find()
-        .select_only()
-        .column(account::Column::Id)
-        .order_by_asc(account::Column::Id)
-        .into_tuple()
-        .all(db.conn())
-        .await?;
-    for account_id in accounts {
+    for account_id in account_ids(db).await? {
         aggregates.extend(day_aggregates(db.conn(), day, account_id).await?);
     }
     aggregates.sort_unstable_by_key(|a| (a.account_id, a.user_id, a.product_id));
