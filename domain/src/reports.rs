@@ -16,7 +16,7 @@ use crate::rollups::{
     coarsen, day_aggregates, day_start, rolled_groups, window_users,
 };
 use crate::rules;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use daypass_entity::{ledger_entry, lot, product};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -306,6 +306,15 @@ fn merge_sorted(
     out
 }
 
+/// The end of UTC day `to` (exclusive), kept within year 9999: a later instant is
+/// written with a sign on SQLite ("+10000-…") and would sort before every other.
+fn day_end(to: NaiveDate) -> DateTime<Utc> {
+    match to.succ_opt().filter(|next| next.year() <= 9999) {
+        Some(next) => day_start(next),
+        None => day_start(to) + Duration::days(1) - Duration::microseconds(1),
+    }
+}
+
 /// Where the money went in a range of UTC days.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spending {
@@ -343,7 +352,7 @@ pub async fn spending(
         false,
     )
     .await?;
-    let (start, end) = (day_start(from), day_start(to + Duration::days(1)));
+    let (start, end) = (day_start(from), day_end(to));
     let lots: Vec<(i64, i64)> = lot::Entity::find()
         .select_only()
         .column(lot::Column::Quantity)

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::AddAssign;
 
 mod job;
-pub use job::{CHUNK_ROWS, roll_up, roll_up_in_chunks};
+pub use job::{CHUNK_ROWS, roll_up, roll_up_in_chunks, roll_up_stopping_after};
 
 /// A day is rolled up only this long after it ended, so a write that read the clock
 /// just before midnight and committed just after is still in it.
@@ -476,41 +476,48 @@ pub async fn window_users(
             }
             _ => None,
         };
-        match stored {
-            Some((table, column, at, kind, first)) => {
-                let rows = conn
-                    .query_all_raw(stmt(
-                        backend,
-                        &format!(
-                            "SELECT product_id, distinct_users FROM {table} \
-                             WHERE account_id = ? AND grain = ? AND period = ? AND {column} = ?"
-                        ),
-                        vec![
-                            account_id.into(),
-                            kind.grain().into(),
-                            first.into(),
-                            at.into(),
-                        ],
-                    ))
-                    .await?;
+        // The stored counts, read in one statement with the watermark: the counts
+        // since each day are rewritten as each day is rolled, so they answer only while
+        // the watermark is the one this report started from.
+        let mut stored_counts = None;
+        if let Some((table, column, at, kind, first)) = stored {
+            let rows = conn
+                .query_all_raw(stmt(
+                    backend,
+                    &format!(
+                        "SELECT w.rolled_through AS rolled_through, s.product_id AS product_id, \
+                         s.distinct_users AS distinct_users FROM rollup_watermark w \
+                         LEFT JOIN {table} s ON s.account_id = ? AND s.grain = ? \
+                         AND s.period = ? AND s.{column} = ? WHERE w.id = 1"
+                    ),
+                    vec![
+                        account_id.into(),
+                        kind.grain().into(),
+                        first.into(),
+                        at.into(),
+                    ],
+                ))
+                .await?;
+            let current = match rows.first() {
+                Some(r) => r.try_get::<Option<NaiveDate>>("", "rolled_through")?,
+                None => None,
+            };
+            if current == watermark {
+                let mut found = HashMap::new();
                 for r in rows {
-                    let product: i32 = r.try_get("", "product_id")?;
-                    if keep(product) {
-                        counts.insert(product, r.try_get("", "distinct_users")?);
+                    if let Some(product) = r.try_get::<Option<i32>>("", "product_id")?
+                        && keep(product)
+                    {
+                        found.insert(product, r.try_get("", "distinct_users")?);
                     }
                 }
-                // Tail users the period has seen since `start` are counted already.
-                let sql = "SELECT product_id, user_id FROM usage_period_members \
-                           WHERE account_id = ? AND grain = ? AND period = ? AND last_day >= ? \
-                           AND user_id IN";
-                let values = vec![
-                    account_id.into(),
-                    kind.grain().into(),
-                    first.into(),
-                    start.into(),
-                ];
-                forget_seen(conn, sql, values, &mut fresh).await?;
+                stored_counts = Some(found);
             }
+        }
+        match stored_counts {
+            Some(found) => counts = found,
+            // No stored count fits the window (or a day was rolled meanwhile): count
+            // the daily rows.
             None => {
                 let (sql, mut values) = match want {
                     UserCount::PerProduct(_) => (
@@ -538,13 +545,16 @@ pub async fn window_users(
                         counts.insert(product, r.try_get("", "n")?);
                     }
                 }
-                let sql = "SELECT DISTINCT product_id, user_id FROM usage_days \
-                           WHERE account_id = ? AND day >= ? AND day <= ? AND opens > 0 \
-                           AND user_id IN";
-                let values = vec![account_id.into(), start.into(), through.into()];
-                forget_seen(conn, sql, values, &mut fresh).await?;
             }
         }
+        // Tail users seen on a rolled day of the window are counted already. Read from
+        // the daily rows through the watermark, not from the period's members: the
+        // rollup job writes those a chunk at a time before it moves the watermark.
+        let sql = "SELECT DISTINCT product_id, user_id FROM usage_days \
+                   WHERE account_id = ? AND day >= ? AND day <= ? AND opens > 0 \
+                   AND user_id IN";
+        let values = vec![account_id.into(), start.into(), through.into()];
+        forget_seen(conn, sql, values, &mut fresh).await?;
     }
     for (product, _) in fresh {
         *counts.entry(product).or_default() += 1;

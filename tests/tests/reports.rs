@@ -1144,6 +1144,100 @@ async fn assert_reports_agree(db: &Db, a: i32, from: NaiveDate, to: NaiveDate) {
     }
 }
 
+/// A rollup stopped between two of a day's transactions (a crash, or a report read
+/// meanwhile) changes no report: week and month distinct users included, whose
+/// members the job writes a chunk at a time before it moves the watermark. The next
+/// run finishes the day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_day_half_rolled_up_changes_no_report() {
+    let tdb = TestDb::new().await;
+    let db = &tdb.db;
+    let setup = t("2026-03-01T00:00:00Z");
+    let acct = account(db, "Half", setup).await;
+    let a = acct.account_id;
+    make_product(db, "x", 1, None).await;
+    make_product(db, "y", 2, None).await;
+    let mut users = Vec::new();
+    for i in 0..6 {
+        let (_, u) = user(
+            db,
+            &acct,
+            &format!("h{i}@h.test"),
+            Role::Member,
+            true,
+            setup,
+        )
+        .await;
+        users.push(u);
+    }
+    buy(db, a, 5_000, "k", setup, setup).await;
+    // Mon 2 – Thu 5 March: some users every day, others new on the 4th; some who
+    // used the week before come back.
+    for (day, who) in [
+        ("2026-03-02", vec![0, 1]),
+        ("2026-03-03", vec![1, 2]),
+        ("2026-03-04", vec![0, 3, 4, 5]),
+        ("2026-03-05", vec![2, 5]),
+    ] {
+        for (k, i) in who.into_iter().enumerate() {
+            let at = t(&format!("{day}T{:02}:00:00Z", 8 + k));
+            granted(db, &users[i], at, if i % 2 == 0 { "x" } else { "y" }).await;
+        }
+    }
+    let (from, to) = (d("2026-03-01"), d("2026-03-31"));
+    assert_eq!(roll(db, t("2026-03-04T01:00:00Z")).await, 2);
+    assert_eq!(watermark(db).await, Some(d("2026-03-03")));
+
+    // Roll the 4th one row per transaction, and stop as a crash would after its
+    // first transaction and two chunks: part of the day written, not the watermark.
+    rollups::roll_up_stopping_after(db, t("2026-03-05T01:00:00Z"), 1, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        watermark(db).await,
+        Some(d("2026-03-03")),
+        "stopped mid-day"
+    );
+    let written = db
+        .conn()
+        .query_one_raw(rollups::stmt(
+            db.backend(),
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM usage_days WHERE day = ?",
+            vec![d("2026-03-04").into()],
+        ))
+        .await
+        .unwrap()
+        .map(|r| r.try_get::<i64>("", "n").unwrap())
+        .unwrap_or(0);
+    assert_eq!(written, 2, "two users of the 4th written, two not");
+    assert_reports_agree(db, a, from, to).await;
+    for group_by in [
+        vec![Week],
+        vec![Month],
+        vec![Week, Product],
+        vec![Month, Product],
+    ] {
+        for start in [d("2026-03-02"), d("2026-03-03"), d("2026-03-04")] {
+            both(db, a, &q(start, to, &group_by, None, None)).await;
+        }
+    }
+
+    // The next run finishes the day, and the reports still agree.
+    assert_eq!(roll(db, t("2026-03-06T01:00:00Z")).await, 2);
+    assert_eq!(watermark(db).await, Some(d("2026-03-05")));
+    assert_reports_agree(db, a, from, to).await;
+    for group_by in [
+        vec![Week],
+        vec![Month],
+        vec![Week, Product],
+        vec![Month, Product],
+    ] {
+        for start in [d("2026-03-02"), d("2026-03-04"), d("2026-03-05")] {
+            both(db, a, &q(start, to, &group_by, None, None)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_rollup_job_is_idempotent_and_leaves_open_days_alone() {
     let tdb = TestDb::new().await;
@@ -1856,6 +1950,8 @@ async fn bad_ranges_are_refused() {
     let last = d("2029-12-31");
     assert_eq!(watermark(db).await, Some(last));
     // Any range is valid, all time included; with no opens every report is empty.
+    // A purchase (no usage) shows in the spending of every range that holds it.
+    buy_priced(db, a, 7, 100, "bad-ranges", setup, setup).await;
     for (from, to) in [
         (last - Duration::days(3_699), last),
         (d("2000-01-01"), d("2100-12-31")),
@@ -1880,6 +1976,12 @@ async fn bad_ranges_are_refused() {
             .await
             .unwrap();
         assert_eq!(spent.tokens, 0);
+        let holds_it = from <= setup.date_naive() && setup.date_naive() <= to;
+        assert_eq!(
+            (spent.purchased_tokens, spent.purchased_minor),
+            if holds_it { (7, 700) } else { (0, 0) },
+            "{from} – {to}"
+        );
     }
     // One day is a valid range.
     let one = reports::usage_rows(db, a, &q(last, last, &[Day], None, None), Source::Raw)

@@ -32,7 +32,18 @@ impl ScalarType for Date {
 
 /// Strictly `YYYY-MM-DD`, as the contract and the CSV endpoint take it.
 pub fn parse_date(s: &str) -> Option<NaiveDate> {
-    (s.len() == 10)
+    // Four, two and two digits: chrono alone also takes a sign and one-digit fields
+    // ("+10000-1-1" is ten characters too).
+    let b = s.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    shape
         .then(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
         .flatten()
 }

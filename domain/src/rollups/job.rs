@@ -45,6 +45,35 @@ pub async fn roll_up(db: &Db, now: DateTime<Utc>) -> Result<u32> {
 /// [`roll_up`] with at most about `chunk_rows` user × product rows per write
 /// transaction (tests use tiny chunks, so every day spans many).
 pub async fn roll_up_in_chunks(db: &Db, now: DateTime<Utc>, chunk_rows: usize) -> Result<u32> {
+    roll_up_with(db, now, chunk_rows, None).await
+}
+
+/// [`roll_up_in_chunks`] that stops, as a crash would, once it has committed
+/// `transactions` write transactions of a day (crash tests).
+pub async fn roll_up_stopping_after(
+    db: &Db,
+    now: DateTime<Utc>,
+    chunk_rows: usize,
+    transactions: usize,
+) -> Result<u32> {
+    roll_up_with(db, now, chunk_rows, Some(transactions)).await
+}
+
+/// How a day's roll ended.
+enum DayRolled {
+    Rolled,
+    /// Another worker moved the watermark meanwhile.
+    Behind,
+    /// Stopped after the transactions it was allowed (crash tests).
+    Stopped,
+}
+
+async fn roll_up_with(
+    db: &Db,
+    now: DateTime<Utc>,
+    chunk_rows: usize,
+    stop_after: Option<usize>,
+) -> Result<u32> {
     let chunk_rows = chunk_rows.max(1);
     let last_closed = (now - ROLLUP_GRACE).date_naive() - Duration::days(1);
     db.conn()
@@ -76,9 +105,11 @@ pub async fn roll_up_in_chunks(db: &Db, now: DateTime<Utc>, chunk_rows: usize) -
             }
             return Ok(rolled);
         }
-        // `false`: another worker moved the watermark meanwhile; read it again.
-        if roll_day(db, watermark, next, chunk_rows).await? {
-            rolled += 1;
+        match roll_day(db, watermark, next, chunk_rows, stop_after).await? {
+            DayRolled::Rolled => rolled += 1,
+            // Read the watermark again.
+            DayRolled::Behind => {}
+            DayRolled::Stopped => return Ok(rolled),
         }
     }
 }
@@ -139,17 +170,21 @@ async fn set_watermark(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()
     Ok(())
 }
 
-/// Rolls `day`, the day after `watermark`; `false` if another worker did meanwhile.
+/// Rolls `day`, the day after `watermark`.
 async fn roll_day(
     db: &Db,
     watermark: Option<NaiveDate>,
     day: NaiveDate,
     chunk_rows: usize,
-) -> Result<bool> {
+    stop_after: Option<usize>,
+) -> Result<DayRolled> {
+    let mut committed = 0;
+    let stop = |committed: usize| stop_after.is_some_and(|n| committed >= n);
     let mut aggregates = Vec::new();
     // An account at a time, along the index on (account, time): one read of the
     // whole day would scan every open ever recorded.
-    for account_id in account_ids(db).await? {
+    let accounts = account_ids(db).await?;
+    for &account_id in &accounts {
         aggregates.extend(day_aggregates(db.conn(), day, account_id).await?);
     }
     aggregates.sort_unstable_by_key(|a| (a.account_id, a.user_id, a.product_id));
@@ -158,7 +193,7 @@ async fn roll_day(
     // to charging on SQLite).
     let mut longest = std::time::Duration::ZERO;
     let Some(tx) = locked(db, watermark).await? else {
-        return Ok(false);
+        return Ok(DayRolled::Behind);
     };
     let held = Instant::now();
     for period in PERIODS {
@@ -166,13 +201,17 @@ async fn roll_day(
     }
     tx.commit().await?;
     longest = longest.max(held.elapsed());
+    committed += 1;
+    if stop(committed) {
+        return Ok(DayRolled::Stopped);
+    }
 
     // (period, account, product) → members first seen today.
     let mut first_seen: BTreeMap<(Period, i32, i32), i64> = BTreeMap::new();
     let chunks = user_chunks(&aggregates, chunk_rows);
     for chunk in &chunks {
         let Some(tx) = locked(db, watermark).await? else {
-            return Ok(false);
+            return Ok(DayRolled::Behind);
         };
         let held = Instant::now();
         replace_user_rows(&*tx, day, chunk).await?;
@@ -181,14 +220,18 @@ async fn roll_day(
         }
         tx.commit().await?;
         longest = longest.max(held.elapsed());
+        committed += 1;
+        if stop(committed) {
+            return Ok(DayRolled::Stopped);
+        }
     }
 
     let mut since = Vec::new();
     for period in PERIODS {
-        since.push(users_since(db.conn(), period, period.start_of(day)).await?);
+        since.push(users_since(db.conn(), period, period.start_of(day), &accounts).await?);
     }
     let Some(tx) = locked(db, watermark).await? else {
-        return Ok(false);
+        return Ok(DayRolled::Behind);
     };
     let held = Instant::now();
     replace_account_rows(&*tx, day, &aggregates).await?;
@@ -215,7 +258,7 @@ async fn roll_day(
             drop_finished_members(db, period, period.start_of(day), chunk_rows).await?;
         }
     }
-    Ok(true)
+    Ok(DayRolled::Rolled)
 }
 
 /// A run of the day's aggregates, in (account, user) order, never splitting one
@@ -257,11 +300,15 @@ fn user_chunks(aggregates: &[DayAggregate], rows: usize) -> Vec<UserChunk<'_>> {
                     _ => ranges.push((a.account_id, Some(a.user_id), Some(a.user_id))),
                 }
             }
-            // The account's first chunk owns the users below it; its last, those above.
-            if let Some(first) = ranges.first_mut()
-                && (start == 0 || aggregates[start - 1].account_id != first.0)
-            {
-                first.1 = None;
+            // The account's first chunk owns the users below it; a later one, those
+            // after the previous chunk's last; its last chunk, those above.
+            if let Some(first) = ranges.first_mut() {
+                first.1 = match start.checked_sub(1).map(|i| &aggregates[i]) {
+                    Some(prev) if prev.account_id == first.0 => {
+                        Some(prev.user_id.saturating_add(1))
+                    }
+                    _ => None,
+                };
             }
             for r in ranges.iter_mut().skip(1) {
                 r.1 = None;
@@ -736,6 +783,7 @@ async fn users_since(
     conn: &impl ConnectionTrait,
     period: Period,
     start: NaiveDate,
+    accounts: &[i32],
 ) -> Result<UsersSince> {
     let rows = conn
         .query_all_raw(stmt(
@@ -754,8 +802,6 @@ async fn users_since(
             .insert(r.try_get("", "last_day")?, r.try_get("", "n")?);
     }
     let mut since = Vec::new();
-    let mut accounts: Vec<i32> = last_seen.keys().map(|(a, _)| *a).collect();
-    accounts.dedup();
     for ((account_id, product_id), days) in last_seen {
         let Some(last) = days.keys().next_back().copied() else {
             continue;
@@ -775,16 +821,18 @@ async fn users_since(
             from -= Duration::days(1);
         }
     }
+    // Every account's rows are replaced, those with no members (left by a roll before
+    // the watermark was rewound) included.
     Ok(UsersSince {
         period,
         start,
-        accounts,
+        accounts: accounts.to_vec(),
         rows: since,
     })
 }
 
 /// Replaces the stored users since each day of the period with `since`'s, an
-/// account at a time (each by its key's prefix).
+/// account at a time (each by its key's prefix), for every account.
 async fn store_users_since(conn: &impl ConnectionTrait, since: UsersSince) -> Result<()> {
     let UsersSince {
         period,
@@ -943,6 +991,16 @@ mod tests {
             ]
         );
         assert!(user_chunks(&[], 2).is_empty());
+        // Users 2–4 had no usage: the second chunk owns them all the same.
+        let gap = [agg(1, 1, 1), agg(1, 5, 1)];
+        let ranges: Vec<Vec<UserRange>> = user_chunks(&gap, 1)
+            .iter()
+            .map(|c| c.ranges.clone())
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![vec![(1, None, Some(1))], vec![(1, Some(2), None)]]
+        );
         let one = user_chunks(&aggs, 100);
         assert_eq!(one.len(), 1);
         assert_eq!(
