@@ -84,30 +84,26 @@ impl Grain {
         !self.user
     }
 
+    /// Per user and product.
+    const USER_PRODUCT: Grain = Grain {
+        user: true,
+        product: true,
+    };
     /// Per user, all products together.
     const USER: Grain = Grain {
         user: true,
         product: false,
     };
-
-    const ALL: [Grain; 4] = [
-        Grain {
-            user: true,
-            product: true,
-        },
-        Grain {
-            user: true,
-            product: false,
-        },
-        Grain {
-            user: false,
-            product: true,
-        },
-        Grain {
-            user: false,
-            product: false,
-        },
-    ];
+    /// Per product, all users together.
+    const PRODUCT: Grain = Grain {
+        user: false,
+        product: true,
+    };
+    /// The account's totals.
+    const TOTAL: Grain = Grain {
+        user: false,
+        product: false,
+    };
 }
 
 /// A daily row at some grain: the shape both the rollup tables and the raw tail give.
@@ -763,12 +759,12 @@ mod tests {
             agg(1, 8, 1, 0),
             agg(3, 8, 0, 4),
         ];
-        let total = coarsen(day, &aggs, Grain::ALL[3]);
+        let total = coarsen(day, &aggs, Grain::TOTAL);
         assert_eq!(total.len(), 1);
         assert_eq!(total[0].sums.opens, 4);
         assert_eq!(total[0].sums.denials, 4);
         assert_eq!(total[0].distinct_users, 2, "user 3 was only denied");
-        let by_product = coarsen(day, &aggs, Grain::ALL[2]);
+        let by_product = coarsen(day, &aggs, Grain::PRODUCT);
         let counts: Vec<(Option<i32>, i64)> = by_product
             .iter()
             .map(|r| (r.product_id, r.distinct_users))

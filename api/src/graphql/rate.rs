@@ -7,7 +7,7 @@
 //!   FORBIDDEN with `extensions.reason = "RATE_LIMITED"` and `retryAfterSeconds`.
 //!
 //! Queries are never limited here (depth and complexity are the schema's limits,
-//! aliases [`super::aliases`]'s).
+//! aliases [`super::document_limits`]'s).
 
 use super::context::{Req, limit_key};
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};

@@ -338,7 +338,7 @@ async fn replace_user_rows(
     chunk: &UserChunk<'_>,
 ) -> Result<()> {
     let backend = conn.get_database_backend();
-    for grain in [Grain::ALL[0], Grain::USER] {
+    for grain in [Grain::USER_PRODUCT, Grain::USER] {
         for &(account_id, low, high) in &chunk.ranges {
             let mut sql = format!(
                 "DELETE FROM {} WHERE account_id = ? AND day = ?",
@@ -355,15 +355,7 @@ async fn replace_user_rows(
             }
             conn.execute_raw(stmt(backend, &sql, values)).await?;
         }
-        let mut rows = Vec::new();
-        for (account_id, aggregates) in by_account(chunk.aggregates) {
-            rows.extend(
-                coarsen(day, aggregates, grain)
-                    .into_iter()
-                    .map(|r| (account_id, r)),
-            );
-        }
-        insert_rows(conn, grain, &rows).await?;
+        insert_rows(conn, grain, &rows_at(day, chunk.aggregates, grain)).await?;
     }
     Ok(())
 }
@@ -378,8 +370,8 @@ async fn replace_account_rows(
     let backend = conn.get_database_backend();
     let accounts: Vec<i32> = by_account(aggregates).map(|(a, _)| a).collect();
     for table in [
-        Grain::ALL[2].table(),
-        Grain::ALL[3].table(),
+        Grain::PRODUCT.table(),
+        Grain::TOTAL.table(),
         "usage_day_user_blocks",
     ] {
         for ids in accounts.chunks(500) {
@@ -392,15 +384,8 @@ async fn replace_account_rows(
             conn.execute_raw(stmt(backend, &sql, values)).await?;
         }
     }
-    for grain in [Grain::ALL[2], Grain::ALL[3], Grain::USER] {
-        let mut rows = Vec::new();
-        for (account_id, aggregates) in by_account(aggregates) {
-            rows.extend(
-                coarsen(day, aggregates, grain)
-                    .into_iter()
-                    .map(|r| (account_id, r)),
-            );
-        }
+    for grain in [Grain::PRODUCT, Grain::TOTAL, Grain::USER] {
+        let rows = rows_at(day, aggregates, grain);
         if grain == Grain::USER {
             insert_user_blocks(conn, day, &rows).await?;
         } else {
@@ -408,6 +393,17 @@ async fn replace_account_rows(
         }
     }
     Ok(())
+}
+
+/// Each account's rows of `grain` for `day` from its aggregates.
+fn rows_at(day: NaiveDate, aggregates: &[DayAggregate], grain: Grain) -> Vec<(i32, DayRow)> {
+    by_account(aggregates)
+        .flat_map(|(account_id, run)| {
+            coarsen(day, run, grain)
+                .into_iter()
+                .map(move |r| (account_id, r))
+        })
+        .collect()
 }
 
 /// Consecutive runs of one account in `aggregates` (sorted by account).
