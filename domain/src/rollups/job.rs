@@ -526,6 +526,26 @@ async fn insert_many(
     Ok(returned)
 }
 
+/// A row of `usage_period_members` in [`MEMBER_COLUMNS`]' order: (account, product,
+/// user) seen in the period from `first_day` to `last_day`.
+fn member_row(
+    period: Period,
+    start: NaiveDate,
+    (account_id, product_id, user_id): (i32, i32, i32),
+    first_day: NaiveDate,
+    last_day: NaiveDate,
+) -> Vec<Value> {
+    vec![
+        account_id.into(),
+        period.grain().into(),
+        start.into(),
+        product_id.into(),
+        user_id.into(),
+        first_day.into(),
+        last_day.into(),
+    ]
+}
+
 const MEMBER_COLUMNS: [&str; 7] = [
     "account_id",
     "grain",
@@ -589,15 +609,7 @@ async fn add_members(
     let members = members
         .into_iter()
         .map(|(account_id, product_id, user_id)| {
-            vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                product_id.into(),
-                user_id.into(),
-                day.into(),
-                day.into(),
-            ]
+            member_row(period, start, (account_id, product_id, user_id), day, day)
         })
         .collect();
     // Members seen before keep their first day and move their last day here. One
@@ -898,15 +910,13 @@ async fn restore_period_members(
     let members = members
         .into_iter()
         .map(|(account_id, product_id, user_id, first_day, last_day)| {
-            vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                product_id.into(),
-                user_id.into(),
-                first_day.into(),
-                last_day.into(),
-            ]
+            member_row(
+                period,
+                start,
+                (account_id, product_id, user_id),
+                first_day,
+                last_day,
+            )
         })
         .collect();
     insert_many(conn, "usage_period_members", &MEMBER_COLUMNS, members, "").await?;
