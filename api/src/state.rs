@@ -32,6 +32,9 @@ impl AppState {
         };
         let workers =
             WorkerDeps::connect(db.clone(), clock.clone(), &config.worker_config()).await?;
+        if let Some(queue) = &workers.queue {
+            db.install_deliveries(Arc::new(queue.clone()));
+        }
         let balance_feed = BalanceFeed::start(&db)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

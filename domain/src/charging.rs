@@ -37,8 +37,8 @@ pub struct OpenOutcome {
     pub plan_level: PlanLevel,
     /// The charge this open made, if it made one.
     pub charge_id: Option<i32>,
-    /// Notifications this open created (to be delivered by the workers).
-    pub notifications: Vec<i32>,
+    /// Notifications this open created, handed to the deliveries after commit.
+    pub(crate) notifications: Vec<i32>,
 }
 
 /// What the rules decided before any tokens move.
@@ -107,11 +107,13 @@ pub async fn open_product(
     let outcome = match (decision, product) {
         (Decision::Charge, Some(product)) => {
             let request = ChargeRequest { record, product };
-            return db
+            let answer = db
                 .batches()
                 .charges
                 .submit(db, charge_queue(db, user.account_id), request)
-                .await;
+                .await?;
+            db.deliveries().committed(&answer.notifications).await;
+            return Ok(answer);
         }
         (Decision::Charge, None) => {
             return Err(DomainError::Internal("a charge needs a product".into()));

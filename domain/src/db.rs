@@ -29,6 +29,8 @@ pub struct Db {
     batches: Arc<crate::charging::Batches>,
     /// Users of recently seen API keys.
     key_cache: Arc<crate::auth::KeyCache>,
+    /// Where notifications go once their transaction committed.
+    deliveries: crate::delivery::DeliverySlot,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write gate.
@@ -144,6 +146,7 @@ impl Db {
             write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             batches: Arc::new(crate::charging::Batches::new()),
             key_cache: Arc::default(),
+            deliveries: Default::default(),
         })
     }
 
@@ -154,6 +157,16 @@ impl Db {
 
     pub(crate) fn batches(&self) -> &crate::charging::Batches {
         &self.batches
+    }
+
+    /// Installs where this process's committed notifications go (every clone of this
+    /// handle shares it).
+    pub fn install_deliveries(&self, deliveries: Arc<dyn crate::delivery::Deliveries>) {
+        self.deliveries.install(deliveries);
+    }
+
+    pub(crate) fn deliveries(&self) -> &crate::delivery::DeliverySlot {
+        &self.deliveries
     }
 
     pub fn key_cache(&self) -> &crate::auth::KeyCache {

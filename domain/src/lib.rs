@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod charging;
 pub mod clock;
 pub mod db;
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod group;

@@ -4,8 +4,10 @@
 
 use crate::WorkerDeps;
 use crate::email;
-use crate::queue::SendNotification;
+use crate::queue::{JobQueue, SendNotification};
+use daypass_domain::delivery::Deliveries;
 use daypass_domain::notifications::{self, NotificationState};
+use futures::future::BoxFuture;
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,24 +51,35 @@ pub async fn deliver(deps: &WorkerDeps, id: i32) -> daypass_domain::Result<Attem
 /// Hands new notifications to the queue right after their transaction committed.
 /// A failed push is only logged: the dispatcher finds the notification anyway.
 pub async fn enqueue(deps: &WorkerDeps, ids: &[i32]) {
-    for &id in ids {
-        match &deps.queue {
-            Some(q) => {
-                if let Err(e) = q
-                    .push(SendNotification {
-                        notification_id: id,
-                    })
-                    .await
-                {
-                    tracing::warn!(notification = id, error = %e, "could not enqueue; the dispatcher will");
-                }
-            }
-            None => {
+    match &deps.queue {
+        Some(q) => push_all(q, ids).await,
+        None => {
+            for &id in ids {
                 if let Err(e) = deliver(deps, id).await {
                     tracing::warn!(notification = id, error = %e, "delivery failed; the dispatcher will retry");
                 }
             }
         }
+    }
+}
+
+async fn push_all(queue: &JobQueue, ids: &[i32]) {
+    for &id in ids {
+        if let Err(e) = queue
+            .push(SendNotification {
+                notification_id: id,
+            })
+            .await
+        {
+            tracing::warn!(notification = id, error = %e, "could not enqueue; the dispatcher will");
+        }
+    }
+}
+
+/// The job queue as the domain's delivery port.
+impl Deliveries for JobQueue {
+    fn committed<'a>(&'a self, notification_ids: &'a [i32]) -> BoxFuture<'a, ()> {
+        Box::pin(push_all(self, notification_ids))
     }
 }
 

@@ -307,7 +307,6 @@ impl Mutation {
             .await
             .gql()?;
         crate::telemetry::record_open(&outcome);
-        daypass_worker::notify::enqueue(&r.state.workers, &outcome.notifications).await;
         Ok(outcome.into())
     }
 }
