@@ -1,7 +1,7 @@
 use crate::config::Config;
 use crate::graphql::AppSchema;
 use crate::ws_limits::CallerConnections;
-use daypass_domain::events::BalanceFeed;
+use daypass_domain::store::BalanceFeed;
 use daypass_domain::{Clock, Db, SystemClock, TestClock, auth::OperatorKey};
 use daypass_worker::WorkerDeps;
 use std::sync::Arc;

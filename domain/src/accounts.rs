@@ -2,11 +2,13 @@
 
 use crate::access::Actor;
 use crate::auth;
-use crate::db::Db;
+use crate::conditions;
 use crate::error::{DomainError, Result};
 use crate::kinds::{PlanLevel, Role, parse};
 use crate::page::{Page, PageRequest};
 use crate::rules;
+use crate::store::Db;
+use crate::store::find_account;
 use crate::users::{self, NewUser};
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, lot, subscription, user};
@@ -31,16 +33,6 @@ pub struct CreatedAccount {
     pub admin_api_key: String,
 }
 
-pub(crate) fn clean_name(name: &str, what: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(DomainError::bad_input(format!(
-            "{what} must be 1–200 characters"
-        )));
-    }
-    Ok(name.to_owned())
-}
-
 pub async fn create_account(
     db: &Db,
     actor: &Actor,
@@ -48,7 +40,7 @@ pub async fn create_account(
     input: NewAccount,
 ) -> Result<CreatedAccount> {
     actor.require_operator()?;
-    let name = clean_name(&input.name, "an account name")?;
+    let name = rules::clean_name(&input.name, "an account name")?;
     let admin = NewUser {
         email: input.admin_email,
         name: input.admin_name,
@@ -73,13 +65,6 @@ pub async fn create_account(
         admin,
         admin_api_key,
     })
-}
-
-pub(crate) async fn find_account(conn: &impl ConnectionTrait, id: i32) -> Result<account::Model> {
-    account::Entity::find_by_id(id)
-        .one(conn)
-        .await?
-        .ok_or_else(|| DomainError::not_found(format!("account {id}")))
 }
 
 /// The account `id`, or the caller's own when `id` is `None` (operators: `None` gives `None`).
@@ -132,8 +117,7 @@ pub async fn balance_at(
         .select_only()
         .column(lot::Column::Remaining)
         .filter(lot::Column::AccountId.eq(account_id))
-        .filter(lot::Column::ExpiresAt.gt(now))
-        .filter(lot::Column::Remaining.gt(0))
+        .filter(conditions::live_lot(lot::Entity, now))
         .into_tuple()
         .all(conn)
         .await?;
@@ -158,7 +142,7 @@ pub async fn threshold_at(
         .select_only()
         .column(lot::Column::Quantity)
         .filter(lot::Column::AccountId.eq(account.id))
-        .filter(lot::Column::ExpiresAt.gt(now))
+        .filter(conditions::unexpired_lot(lot::Entity, now))
         .into_tuple()
         .all(conn)
         .await?;
@@ -220,7 +204,9 @@ impl Plans {
         rules::plan_level_of(
             self.0
                 .iter()
-                .filter(|(_, starts_at, ends_at)| *starts_at <= now && now < *ends_at)
+                .filter(|(_, starts_at, ends_at)| {
+                    rules::subscription_active(*starts_at, *ends_at, now)
+                })
                 .map(|(plan, _, _)| *plan),
         )
     }

@@ -1,17 +1,14 @@
 //! API keys: 32 random bytes shown once, stored only as their SHA-256.
 
 use crate::access::{Actor, UserActor};
-use crate::db::Db;
 use crate::error::{DomainError, Result};
 use crate::kinds::parse;
+use crate::store::{Db, KeyCache};
 use base64::Engine;
 use daypass_entity::user;
 use rand::RngCore;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 const KEY_PREFIX: &str = "dp_";
 
@@ -76,43 +73,6 @@ pub async fn authenticate(db: &Db, operator: &OperatorKey, key: &str) -> Result<
     }
 }
 
-/// How long a key's user is remembered. A deactivated user loses access within this
-/// time in every process (at once in the process that deactivated them).
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
-
-/// The most keys remembered; past it the cache starts over.
-const KEY_CACHE_SIZE: usize = 100_000;
-
-/// Users of recently seen keys, so a request does not cost a database round trip to
-/// say who sent it. Unknown keys are never remembered: a new key works at once.
-#[derive(Debug, Default)]
-pub struct KeyCache {
-    users: Mutex<HashMap<String, (Instant, UserActor)>>,
-}
-
-impl KeyCache {
-    fn get(&self, hash: &str) -> Option<UserActor> {
-        let users = self.users.lock().expect("key cache");
-        users
-            .get(hash)
-            .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(_, user)| user.clone())
-    }
-
-    fn put(&self, hash: String, user: UserActor) {
-        let mut users = self.users.lock().expect("key cache");
-        if users.len() >= KEY_CACHE_SIZE {
-            users.clear();
-        }
-        users.insert(hash, (Instant::now(), user));
-    }
-
-    /// Forgets every key, after a change to who may do what.
-    pub fn clear(&self) {
-        self.users.lock().expect("key cache").clear();
-    }
-}
-
 /// [`authenticate`], answered from the process's [`KeyCache`] when it saw the key in
 /// the last [`KEY_CACHE_TTL`].
 pub async fn authenticate_cached(db: &Db, operator: &OperatorKey, key: &str) -> Result<Actor> {
@@ -120,14 +80,19 @@ pub async fn authenticate_cached(db: &Db, operator: &OperatorKey, key: &str) -> 
     if operator.hash.as_deref() == Some(hash.as_str()) {
         return Ok(Actor::Operator);
     }
-    if let Some(user) = db.key_cache().get(&hash) {
+    if let Some(user) = key_cache(db).get(&hash) {
         return Ok(Actor::User(user));
     }
     let actor = authenticate(db, operator, key).await?;
     if let Actor::User(user) = &actor {
-        db.key_cache().put(hash, user.clone());
+        key_cache(db).put(hash, user.clone());
     }
     Ok(actor)
+}
+
+/// The process's cache of key users on `db`.
+pub(crate) fn key_cache(db: &Db) -> std::sync::Arc<KeyCache<UserActor>> {
+    db.shared::<KeyCache<UserActor>>()
 }
 
 #[cfg(test)]

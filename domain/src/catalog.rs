@@ -1,9 +1,9 @@
 //! The product catalog and the price list (rule 4). Operators manage both.
 
 use crate::access::Actor;
-use crate::db::Db;
 use crate::error::{DomainError, Result};
 use crate::rules::{self, Band};
+use crate::store::Db;
 use daypass_entity::{price_band, product};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,

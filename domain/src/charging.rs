@@ -2,13 +2,14 @@
 //! assignment, restrictions, 24-hour windows and charges.
 
 use crate::access::Actor;
-use crate::db::{Db, WriteTx};
+use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::events::announce_balance_changes;
-use crate::group::{BatchFuture, GroupCommit};
 use crate::kinds::{AccessSource, DenyReason, LedgerKind, LotStatus, PlanLevel, Role};
 use crate::notifications;
 use crate::rules::{self, SpendableLot};
+use crate::store::balance_feed::announce_balance_changes;
+use crate::store::group_commit::{BatchFuture, GroupCommit};
+use crate::store::{Db, WriteTx};
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, charge, ledger_entry, lot, open, product, user, window};
 use sea_orm::{
@@ -89,8 +90,7 @@ pub async fn open_product(
         code: code.clone(),
         now,
     };
-    let (user, product, situation) = db
-        .batches()
+    let (user, product, situation) = batches(db)
         .situations
         .submit(db, 0, asked)
         .await?
@@ -107,8 +107,7 @@ pub async fn open_product(
     let outcome = match (decision, product) {
         (Decision::Charge, Some(product)) => {
             let request = ChargeRequest { record, product };
-            let answer = db
-                .batches()
+            let answer = batches(db)
                 .charges
                 .submit(db, charge_queue(db, user.account_id), request)
                 .await?;
@@ -123,10 +122,7 @@ pub async fn open_product(
         (Decision::InsideWindow(ends_at), _) => Outcome::Reopen(ends_at),
     };
     // No lock and no transaction of its own: the record joins the next batch insert.
-    db.batches()
-        .records
-        .submit(db, 0, (record, outcome))
-        .await?;
+    batches(db).records.submit(db, 0, (record, outcome)).await?;
     Ok(OpenOutcome::of(
         outcome,
         situation.balance,
@@ -185,12 +181,20 @@ fn situations_sql(backend: DatabaseBackend, n: usize) -> Arc<str> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     built
         .entry((backend == DatabaseBackend::Postgres, n))
-        .or_insert_with(|| crate::rollups::numbered(backend, &build_situations_sql(n)).into())
+        .or_insert_with(|| {
+            crate::store::numbered(backend, &build_situations_sql(backend, n)).into()
+        })
         .clone()
 }
 
 /// The query with `?` placeholders.
-fn build_situations_sql(n: usize) -> String {
+fn build_situations_sql(backend: DatabaseBackend, n: usize) -> String {
+    use conditions::{active_subscription, column, live_lot, text};
+    use sea_orm::sea_query::Alias;
+    let at = || column("asked", "at");
+    let seat_active = text(backend, active_subscription(Alias::new("sub"), at()));
+    let plan_active = text(backend, active_subscription(Alias::new("held"), at()));
+    let lot_live = text(backend, live_lot(Alias::new("l"), at()));
     // The user's and the active product's columns, prefixed to tell them apart.
     let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
         names
@@ -218,15 +222,12 @@ fn build_situations_sql(n: usize) -> String {
           AS window_ends_at, \
          (SELECT COUNT(*) FROM subscription_seats s \
           JOIN subscriptions sub ON sub.id = s.subscription_id \
-          WHERE s.user_id = u.id AND sub.product_id = p.id AND sub.starts_at <= asked.at \
-          AND sub.ends_at > asked.at) AS seats, \
-         (SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM lots l \
-          WHERE l.account_id = u.account_id AND l.remaining > 0 AND l.expires_at > asked.at) \
-          AS balance, \
-         (SELECT CAST(COALESCE(SUM(DISTINCT CASE plan_level{flags} ELSE 0 END), 0) \
-          AS BIGINT) FROM subscriptions \
-          WHERE account_id = u.account_id AND starts_at <= asked.at AND ends_at > asked.at) \
-          AS plans \
+          WHERE s.user_id = u.id AND sub.product_id = p.id AND {seat_active}) AS seats, \
+         (SELECT CAST(COALESCE(SUM(l.remaining), 0) AS BIGINT) FROM lots l \
+          WHERE l.account_id = u.account_id AND {lot_live}) AS balance, \
+         (SELECT CAST(COALESCE(SUM(DISTINCT CASE held.plan_level{flags} ELSE 0 END), 0) \
+          AS BIGINT) FROM subscriptions held \
+          WHERE held.account_id = u.account_id AND {plan_active}) AS plans \
          FROM asked JOIN users u ON u.id = asked.user_id \
          LEFT JOIN products p ON p.code = asked.code AND p.active = ?",
         vec!["(?, ?, ?, ?)"; n].join(", "),
@@ -330,8 +331,13 @@ pub struct Batches {
 /// The most opens one transaction takes.
 const MAX_BATCH: usize = 128;
 
-impl Batches {
-    pub(crate) fn new() -> Batches {
+/// The batches of `db`'s process.
+fn batches(db: &Db) -> Arc<Batches> {
+    db.shared::<Batches>()
+}
+
+impl Default for Batches {
+    fn default() -> Batches {
         Batches {
             charges: GroupCommit::new(run_charges, MAX_BATCH),
             situations: GroupCommit::new(run_situations, MAX_BATCH),
@@ -488,7 +494,6 @@ impl AccountLots {
     fn new(lots: Vec<lot::Model>) -> AccountLots {
         let spendable = lots
             .iter()
-            .filter(|l| l.remaining > 0)
             .map(|l| SpendableLot {
                 id: l.id,
                 remaining: l.remaining,
@@ -503,7 +508,7 @@ impl AccountLots {
     fn balance_at(&self, now: DateTime<Utc>) -> i64 {
         self.spendable
             .iter()
-            .filter(|l| rules::lot_is_live(l.expires_at, now))
+            .filter(|l| rules::lot_is_live(l.remaining, l.expires_at, now))
             .map(|l| l.remaining)
             .sum()
     }
@@ -513,7 +518,7 @@ impl AccountLots {
             account.low_balance_threshold,
             self.lots
                 .iter()
-                .filter(|l| rules::lot_is_live(l.expires_at, now))
+                .filter(|l| rules::lot_is_unexpired(l.expires_at, now))
                 .map(|l| l.quantity)
                 .sum(),
         )
@@ -573,7 +578,7 @@ async fn charge_together(db: &Db, items: &[&ChargeRequest]) -> Result<Vec<OpenOu
     let mut rows: HashMap<i32, Vec<lot::Model>> = HashMap::new();
     for lot in lot::Entity::find()
         .filter(lot::Column::AccountId.is_in(account_ids.iter().copied()))
-        .filter(lot::Column::ExpiresAt.gt(earliest))
+        .filter(conditions::unexpired_lot(lot::Entity, earliest))
         .all(&*tx)
         .await?
     {
@@ -812,11 +817,7 @@ async fn draw_from_lots(tx: &WriteTx, drawn: &[(i32, i64, i64)]) -> Result<()> {
          WHERE lots.id = drawn.id AND lots.remaining = drawn.before"
     );
     let updated = tx
-        .execute_raw(crate::rollups::stmt(
-            tx.get_database_backend(),
-            &sql,
-            values,
-        ))
+        .execute_raw(crate::store::stmt(tx.get_database_backend(), &sql, values))
         .await?;
     if updated.rows_affected() != drawn.len() as u64 {
         // Only possible if something changed a lot outside its account's lock.

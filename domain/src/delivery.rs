@@ -6,6 +6,7 @@
 //! delivering in place). A lost hand-over loses nothing: the periodic dispatcher
 //! finds every due notification in the outbox.
 
+use crate::store::Db;
 use futures::future::BoxFuture;
 use std::sync::{Arc, RwLock};
 
@@ -18,8 +19,8 @@ pub trait Deliveries: Send + Sync + 'static {
 
 /// Where a process's [`Deliveries`] is kept: shared by every clone of a database
 /// handle, empty until the process installs one (then the dispatcher alone delivers).
-#[derive(Clone, Default)]
-pub struct DeliverySlot(Arc<RwLock<Option<Arc<dyn Deliveries>>>>);
+#[derive(Default)]
+pub struct DeliverySlot(RwLock<Option<Arc<dyn Deliveries>>>);
 
 impl std::fmt::Debug for DeliverySlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,5 +42,17 @@ impl DeliverySlot {
         if let Some(port) = port {
             port.committed(notification_ids).await;
         }
+    }
+}
+
+impl Db {
+    /// Installs where this process's committed notifications go (every clone of this
+    /// handle shares it).
+    pub fn install_deliveries(&self, deliveries: Arc<dyn Deliveries>) {
+        self.shared::<DeliverySlot>().install(deliveries);
+    }
+
+    pub(crate) fn deliveries(&self) -> Arc<DeliverySlot> {
+        self.shared::<DeliverySlot>()
     }
 }

@@ -1,9 +1,9 @@
 //! Reading the ledger and the charges (rule 19: members see only their own charges).
 
 use crate::access::Actor;
-use crate::db::Db;
 use crate::error::Result;
 use crate::page::{Page, PageRequest};
+use crate::store::Db;
 use chrono::{DateTime, Utc};
 use daypass_entity::{charge, ledger_entry};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};

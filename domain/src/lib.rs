@@ -10,11 +10,9 @@ pub mod auth;
 pub mod catalog;
 pub mod charging;
 pub mod clock;
-pub mod db;
+pub mod conditions;
 pub mod delivery;
 pub mod error;
-pub mod events;
-pub mod group;
 pub mod kinds;
 pub mod ledger;
 pub mod lots;
@@ -25,12 +23,22 @@ mod properties;
 pub mod reports;
 pub mod rollups;
 pub mod rules;
+pub mod store;
 pub mod subscriptions;
 pub mod users;
 
 pub use access::Actor;
 pub use clock::{Clock, SystemClock, TestClock};
 pub use daypass_entity as entity;
-pub use db::Db;
 pub use error::{DomainError, Result};
 pub use kinds::*;
+pub use store::Db;
+
+impl Db {
+    /// Applies pending migrations and seeds the price list, in one write transaction,
+    /// one process at a time (see [`Db::migrate_then`]).
+    pub async fn migrate(&self) -> Result<()> {
+        self.migrate_then(|tx| Box::pin(catalog::seed_price_list(tx)))
+            .await
+    }
+}

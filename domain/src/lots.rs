@@ -1,19 +1,19 @@
 //! Lots: buying tokens (rules 1, 4, 5), reading them, and the expiry sweep (rule 2).
 
 use crate::access::Actor;
-use crate::accounts::find_account;
 use crate::catalog::{self, load_price_list};
-use crate::db::Db;
+use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::events::announce_balance_change;
 use crate::kinds::{LedgerKind, LotStatus};
 use crate::page::{Page, PageRequest};
 use crate::rules::{self, LotCounts};
+use crate::store::Db;
+use crate::store::balance_feed::announce_balance_change;
+use crate::store::find_account;
 use chrono::{DateTime, Utc};
 use daypass_entity::{ledger_entry, lot};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -188,24 +188,9 @@ pub async fn list_lots(
     if let Some(after) = page.after_id()? {
         q = q.filter(lot::Column::Id.gt(after));
     }
-    // The same classification as `rules::lot_status`, in SQL, so pages stay full.
-    let live = Condition::all()
-        .add(lot::Column::Remaining.gt(0))
-        .add(lot::Column::ExpiresAt.gt(now));
-    q = match status {
-        None => q,
-        Some(LotStatus::Active) => q.filter(live),
-        Some(LotStatus::Expired) => q.filter(
-            Condition::any().add(lot::Column::Expired.gt(0)).add(
-                Condition::all()
-                    .add(lot::Column::Remaining.gt(0))
-                    .add(lot::Column::ExpiresAt.lte(now)),
-            ),
-        ),
-        Some(LotStatus::Depleted) => q
-            .filter(lot::Column::Remaining.eq(0))
-            .filter(lot::Column::Expired.eq(0)),
-    };
+    if let Some(status) = status {
+        q = q.filter(conditions::lot_status_is(status, now));
+    }
     let rows = q.limit(limit + 1).all(db.conn()).await?;
     Ok(Page::from_rows(rows, limit, |l| l.id).map(|l| LotView::at(l, now)))
 }
@@ -227,8 +212,7 @@ pub async fn lots_by_ids(db: &Db, ids: &[i32], now: DateTime<Utc>) -> Result<Vec
 /// Returns how many lots it expired.
 pub async fn sweep_expired(db: &Db, now: DateTime<Utc>) -> Result<u64> {
     let due: Vec<lot::Model> = lot::Entity::find()
-        .filter(lot::Column::ExpiresAt.lte(now))
-        .filter(lot::Column::Remaining.gt(0))
+        .filter(conditions::lot_holding_expired_tokens(lot::Entity, now))
         .order_by_asc(lot::Column::ExpiresAt)
         .limit(10_000)
         .all(db.conn())

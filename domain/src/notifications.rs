@@ -4,10 +4,11 @@
 //! with exponential backoff up to a bound.
 
 use crate::access::Actor;
-use crate::db::Db;
+use crate::conditions;
 use crate::error::{DomainError, Result};
 use crate::kinds::Role;
 use crate::page::{Page, PageRequest};
+use crate::store::Db;
 use chrono::{DateTime, Duration, Utc};
 use daypass_entity::{account, lot, notification, user};
 use sea_orm::{
@@ -180,8 +181,7 @@ pub(crate) async fn on_exhausted(
 /// Safe to run from many workers at once. Returns the notifications it created.
 pub async fn record_expiry_reminders(db: &Db, now: DateTime<Utc>) -> Result<Vec<i32>> {
     let due: Vec<lot::Model> = lot::Entity::find()
-        .filter(lot::Column::Remaining.gt(0))
-        .filter(lot::Column::ExpiresAt.gt(now))
+        .filter(conditions::live_lot(lot::Entity, now))
         .filter(lot::Column::ExpiresAt.lte(now + REMINDER_BEFORE_EXPIRY))
         .order_by_asc(lot::Column::Id)
         .all(db.conn())
@@ -197,7 +197,7 @@ pub async fn record_expiry_reminders(db: &Db, now: DateTime<Utc>) -> Result<Vec<
             continue;
         }
         let tx = db.begin_write().await?;
-        let account = crate::accounts::find_account(&*tx, lot.account_id).await?;
+        let account = crate::store::find_account(&*tx, lot.account_id).await?;
         let facts = Facts {
             account_id: account.id,
             account_name: account.name.clone(),

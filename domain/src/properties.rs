@@ -5,7 +5,7 @@
 use crate::catalog::{PriceList, quote_from};
 use crate::rules::{
     self, Band, LIST_PRICE_TOP, SELF_SERVICE_LIMIT, SpendableLot, WINDOW, allocate_from_lots,
-    band_for, expiry_of, lot_is_live, validate_bands, window_covers,
+    band_for, expiry_of, lot_is_live, lot_is_unexpired, validate_bands, window_covers,
 };
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use proptest::prelude::*;
@@ -101,8 +101,8 @@ proptest! {
         }
         let days = (expires - at).num_days();
         prop_assert!(days == 365 || days == 366, "{} days", days);
-        prop_assert!(lot_is_live(expires, expires - Duration::microseconds(1)));
-        prop_assert!(!lot_is_live(expires, expires));
+        prop_assert!(lot_is_unexpired(expires, expires - Duration::microseconds(1)));
+        prop_assert!(!lot_is_unexpired(expires, expires));
     }
 
     #[test]
@@ -129,7 +129,7 @@ proptest! {
     fn a_charge_burns_live_lots_in_order(lots in lots(), tokens in 1_i64..120, day in 0_i64..420) {
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::days(day)
             + Duration::hours(7);
-        let live: i64 = lots.iter().filter(|l| lot_is_live(l.expires_at, now)).map(|l| l.remaining).sum();
+        let live: i64 = lots.iter().filter(|l| lot_is_live(l.remaining, l.expires_at, now)).map(|l| l.remaining).sum();
         match allocate_from_lots(&lots, tokens, now) {
             None => prop_assert!(live < tokens),
             Some(draws) => {
@@ -140,7 +140,7 @@ proptest! {
                 for (k, d) in draws.iter().enumerate() {
                     let lot = by_id[&d.lot_id];
                     prop_assert!(d.tokens > 0 && d.tokens <= lot.remaining);
-                    prop_assert!(lot_is_live(lot.expires_at, now));
+                    prop_assert!(lot_is_live(lot.remaining, lot.expires_at, now));
                     prop_assert_eq!(d.cost_minor, d.tokens * lot.unit_price_minor);
                     if k + 1 < draws.len() {
                         prop_assert_eq!(d.tokens, lot.remaining, "a lot passed over is emptied");
@@ -152,7 +152,7 @@ proptest! {
                 let last = *order.last().unwrap();
                 for l in &lots {
                     let key = (l.expires_at, l.quantity, l.id);
-                    if l.remaining > 0 && lot_is_live(l.expires_at, now) && key < last {
+                    if lot_is_live(l.remaining, l.expires_at, now) && key < last {
                         prop_assert!(draws.iter().any(|d| d.lot_id == l.id), "lot {} skipped", l.id);
                     }
                 }

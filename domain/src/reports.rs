@@ -7,7 +7,7 @@
 use crate::access::Actor;
 use crate::accounts::balance_at;
 use crate::catalog;
-use crate::db::Db;
+use crate::conditions;
 use crate::error::{DomainError, Result};
 use crate::kinds::LedgerKind;
 pub use crate::rollups::TimeGrain;
@@ -16,6 +16,7 @@ use crate::rollups::{
     coarsen, day_aggregates, day_start, rolled_groups, window_users,
 };
 use crate::rules;
+use crate::store::Db;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use daypass_entity::{ledger_entry, lot, product};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
@@ -443,8 +444,7 @@ pub async fn forecast(
         .column(lot::Column::Remaining)
         .column(lot::Column::ExpiresAt)
         .filter(lot::Column::AccountId.eq(account_id))
-        .filter(lot::Column::ExpiresAt.gt(now))
-        .filter(lot::Column::Remaining.gt(0))
+        .filter(conditions::live_lot(lot::Entity, now))
         .into_tuple()
         .all(db.conn())
         .await?;

@@ -5,8 +5,9 @@
 //! the reports' raw tail, so a report is the same before and after the job runs.
 
 use crate::error::{DomainError, Result};
+use crate::store::stmt;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::AddAssign;
@@ -151,30 +152,6 @@ pub fn coarsen<'a>(
 /// The start of `day` in UTC.
 pub fn day_start(day: NaiveDate) -> DateTime<Utc> {
     day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
-}
-
-/// A statement written with `?` placeholders, numbered for PostgreSQL.
-pub fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(backend, numbered(backend, sql), values)
-}
-
-/// `sql` with its `?` placeholders as `backend` writes them (`$1, $2, …` on PostgreSQL).
-pub fn numbered(backend: DatabaseBackend, sql: &str) -> String {
-    if backend != DatabaseBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Rule 16's measures for one account's UTC day, per user and product, from the raw

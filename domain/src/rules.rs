@@ -27,9 +27,37 @@ pub fn expiry_of(purchased_at: DateTime<Utc>) -> DateTime<Utc> {
     Utc.from_utc_datetime(&date.and_time(purchased_at.time()))
 }
 
-/// Rule 2: a lot counts toward the balance only strictly before its expiry.
-pub fn lot_is_live(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+/// Rule 2: a lot has not expired strictly before its expiry
+/// ([`crate::conditions::unexpired_lot`] in SQL).
+pub fn lot_is_unexpired(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     now < expires_at
+}
+
+/// Rules 2 and 6: a live lot holds tokens and has not expired; the balance is the
+/// sum of the live lots' remaining tokens ([`crate::conditions::live_lot`] in SQL).
+pub fn lot_is_live(remaining: i64, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    remaining > 0 && lot_is_unexpired(expires_at, now)
+}
+
+/// Rule 2 before the sweep: a lot past its expiry still holding tokens
+/// ([`crate::conditions::lot_holding_expired_tokens`] in SQL).
+pub fn lot_holds_expired_tokens(
+    remaining: i64,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    remaining > 0 && !lot_is_unexpired(expires_at, now)
+}
+
+/// A name as kept: trimmed, 1–200 characters.
+pub fn clean_name(name: &str, what: &str) -> crate::error::Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(crate::error::DomainError::bad_input(format!(
+            "{what} must be 1–200 characters"
+        )));
+    }
+    Ok(name.to_owned())
 }
 
 /// Rule 10: a window covers `[starts, starts + 24 h)`.
@@ -53,7 +81,7 @@ pub fn lot_counts_at(
     expires_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> LotCounts {
-    if lot_is_live(expires_at, now) {
+    if lot_is_unexpired(expires_at, now) {
         stored
     } else {
         LotCounts {
@@ -108,7 +136,7 @@ pub fn allocate_from_lots(
     let mut live: Vec<SpendableLot> = lots
         .iter()
         .copied()
-        .filter(|l| l.remaining > 0 && lot_is_live(l.expires_at, now))
+        .filter(|l| lot_is_live(l.remaining, l.expires_at, now))
         .collect();
     sort_in_burn_order(&mut live);
     let mut left = tokens;
@@ -146,7 +174,8 @@ pub fn plan_level_of(active_plans: impl IntoIterator<Item = PlanLevel>) -> PlanL
     }
 }
 
-/// A subscription is active in `[starts_at, ends_at)`.
+/// Rule 9: a subscription is active in `[starts_at, ends_at)`
+/// ([`crate::conditions::active_subscription`] in SQL).
 pub fn subscription_active(
     starts_at: DateTime<Utc>,
     ends_at: DateTime<Utc>,
@@ -365,8 +394,8 @@ mod tests {
     #[test]
     fn lot_is_dead_at_its_expiry_instant() {
         let e = t("2027-01-01T00:00:00Z");
-        assert!(lot_is_live(e, e - Duration::microseconds(1)));
-        assert!(!lot_is_live(e, e));
+        assert!(lot_is_unexpired(e, e - Duration::microseconds(1)));
+        assert!(!lot_is_unexpired(e, e));
     }
 
     #[test]

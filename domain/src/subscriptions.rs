@@ -2,10 +2,10 @@
 //! than seats.
 
 use crate::access::Actor;
-use crate::accounts::find_account;
-use crate::db::Db;
 use crate::error::{DomainError, Result};
 use crate::kinds::PlanLevel;
+use crate::store::Db;
+use crate::store::find_account;
 use chrono::{DateTime, Utc};
 use daypass_entity::{product, subscription, subscription_seat, user};
 use sea_orm::{

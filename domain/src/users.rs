@@ -2,12 +2,13 @@
 //! restrictions (rules 7, 8, 19).
 
 use crate::access::Actor;
-use crate::accounts::{clean_name, find_account};
 use crate::auth;
-use crate::db::Db;
 use crate::error::{DomainError, Result};
 use crate::kinds::Role;
 use crate::page::{Page, PageRequest};
+use crate::rules::clean_name;
+use crate::store::Db;
+use crate::store::find_account;
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, allowed_product, product, user};
 use sea_orm::{
@@ -156,7 +157,7 @@ pub async fn deactivate_user(db: &Db, actor: &Actor, user_id: i32) -> Result<use
     let saved = am.update(&*tx).await?;
     tx.commit().await?;
     // Other processes see it within the cache's time to live; this one at once.
-    db.key_cache().clear();
+    crate::auth::key_cache(db).clear();
     Ok(saved)
 }
 

@@ -22,3 +22,24 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+/// The PostgreSQL advisory lock key that serializes migrations ("daypass" in ASCII,
+/// read as a number, so no other application's key is likely to match).
+const MIGRATION_LOCK: i64 = 0x0064_6179_7061_7373;
+
+/// Applies pending migrations inside the caller's write transaction (DDL is
+/// transactional on both databases). On SQLite the caller's `BEGIN IMMEDIATE` holds
+/// the writer lock; on PostgreSQL an advisory lock held until commit serializes the
+/// migrators, which sea-orm-migration does not do by itself.
+pub async fn apply(tx: &sea_orm_migration::sea_orm::DatabaseTransaction) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+    if tx.get_database_backend() == DatabaseBackend::Postgres {
+        tx.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [MIGRATION_LOCK.into()],
+        ))
+        .await?;
+    }
+    Migrator::up(tx, None).await
+}

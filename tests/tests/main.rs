@@ -4,6 +4,7 @@
 mod analytics;
 mod authz;
 mod concurrency;
+mod conditions;
 mod console;
 mod crashes;
 mod docker;

@@ -1200,7 +1200,7 @@ async fn a_day_half_rolled_up_changes_no_report() {
     );
     let written = db
         .conn()
-        .query_one_raw(rollups::stmt(
+        .query_one_raw(daypass_domain::store::stmt(
             db.backend(),
             "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM usage_days WHERE day = ?",
             vec![d("2026-03-04").into()],

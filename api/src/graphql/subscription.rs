@@ -8,7 +8,7 @@ use super::types::Account;
 use crate::state::AppState;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
 use async_graphql::{Context, Data, ID, Response, Result, Subscription as SubscriptionRoot};
-use daypass_domain::events::BalanceWatch;
+use daypass_domain::store::BalanceWatch;
 use daypass_domain::{Actor, DomainError, accounts, auth, entity};
 use futures::Stream;
 use std::sync::Arc;

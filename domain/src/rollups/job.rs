@@ -17,10 +17,11 @@
 
 use super::{
     DayAggregate, DayRow, Grain, Period, ROLLUP_GRACE, UserDay, coarsen, day_aggregates,
-    rolled_through, stmt,
+    rolled_through,
 };
-use crate::db::{Db, WriteTx};
 use crate::error::{DomainError, Result};
+use crate::store::stmt;
+use crate::store::{Db, WriteTx};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use daypass_entity::{account, open};
 use sea_orm::{

@@ -63,7 +63,7 @@ fn percentile(samples: &[StdDuration], p: f64) -> f64 {
 
 async fn one(db: &Db, sql: &str, values: Vec<Value>) -> Result<QueryResult> {
     db.conn()
-        .query_one_raw(rollups::stmt(db.backend(), sql, values))
+        .query_one_raw(daypass_domain::store::stmt(db.backend(), sql, values))
         .await?
         .ok_or_else(|| anyhow!("no row"))
 }

@@ -699,7 +699,7 @@ impl Sim {
     fn expire_due(&mut self, a: usize, now: DateTime<Utc>) {
         let acct = &mut self.accounts[a];
         while let Some((&key, &li)) = acct.lots.first_key_value() {
-            if rules::lot_is_live(key.0, now) {
+            if rules::lot_is_unexpired(key.0, now) {
                 break;
             }
             acct.lots.remove(&key);
@@ -839,7 +839,7 @@ impl Sim {
         let available: i64 = acct
             .lots
             .iter()
-            .filter(|(k, _)| rules::lot_is_live(k.0, day_end))
+            .filter(|(k, _)| rules::lot_is_unexpired(k.0, day_end))
             .map(|(_, &li)| acct.lot_states[li].remaining)
             .sum();
         let (margin, pack) = match acct.policy {

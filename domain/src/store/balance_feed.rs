@@ -6,8 +6,8 @@
 //! serialized and every balance change writes ledger entries, so reading new entries
 //! in id order sees every committed change of every process, in commit order.
 
-use crate::db::Db;
 use crate::error::{DomainError, Result};
+use crate::store::Db;
 use daypass_entity::ledger_entry;
 use sea_orm::sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sea_orm::{
@@ -49,7 +49,7 @@ pub async fn announce_balance_changes(
     let rows = vec!["(?)"; account_ids.len()].join(", ");
     let mut values: Vec<sea_orm::Value> = vec![BALANCE_CHANNEL.into()];
     values.extend(account_ids.iter().map(|id| id.to_string().into()));
-    conn.execute_raw(crate::rollups::stmt(
+    conn.execute_raw(crate::store::stmt(
         DatabaseBackend::Postgres,
         &format!("SELECT pg_notify(?, a.id) FROM (VALUES {rows}) AS a(id)"),
         values,

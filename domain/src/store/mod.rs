@@ -1,21 +1,31 @@
-//! The system of record: one sea-orm connection, and write transactions that take
-//! the database's write lock up front so concurrent writers queue instead of failing.
+//! Storage plumbing, apart from the rules: the connection pools, write transactions
+//! that take the database's write lock up front so concurrent writers queue instead
+//! of failing, group commit, the balance feed, the key cache and SQL text helpers.
+//! Nothing here knows a rule; the rules keep their per-database state (batches,
+//! caches, ports) in the handle's [`Shared`] slots.
 
-use crate::error::Result;
+pub mod balance_feed;
+pub mod group_commit;
+pub mod key_cache;
+mod shared;
+pub mod sql;
+
+pub use balance_feed::{BalanceEvent, BalanceFeed, BalanceWatch};
+pub use group_commit::{BatchFuture, GroupCommit};
+pub use key_cache::KeyCache;
+pub use shared::Shared;
+pub use sql::{numbered, stmt};
+
+use crate::error::{DomainError, Result};
 use daypass_entity::account;
-use daypass_migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::SqliteSynchronous;
 use sea_orm::{
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    ColumnTrait, ConnectOptions, Database, DatabaseBackend, DatabaseConnection,
     DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode,
     TransactionOptions, TransactionTrait,
 };
 use std::{ops::Deref, sync::Arc, time::Duration};
 use tokio::sync::{Mutex, OwnedMutexGuard};
-
-/// The PostgreSQL advisory lock key that serializes migrations ("daypass" in ASCII,
-/// read as a number, so no other application's key is likely to match).
-const MIGRATION_LOCK: i64 = 0x0064_6179_7061_7373;
 
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -25,12 +35,8 @@ pub struct Db {
     /// SQLite has one writer: in-process writers wait their turn here rather than in
     /// SQLite's busy handler. Other processes still serialize through BEGIN IMMEDIATE.
     write_gate: Option<Arc<Mutex<()>>>,
-    /// Opens waiting to be written together (group commit).
-    batches: Arc<crate::charging::Batches>,
-    /// Users of recently seen API keys.
-    key_cache: Arc<crate::auth::KeyCache>,
-    /// Where notifications go once their transaction committed.
-    deliveries: crate::delivery::DeliverySlot,
+    /// What the rules keep per database handle, shared by its clones.
+    shared: Shared,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write gate.
@@ -144,9 +150,7 @@ impl Db {
             conn,
             records,
             write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
-            batches: Arc::new(crate::charging::Batches::new()),
-            key_cache: Arc::default(),
-            deliveries: Default::default(),
+            shared: Shared::default(),
         })
     }
 
@@ -155,22 +159,9 @@ impl Db {
         self.records.as_ref().unwrap_or(&self.conn)
     }
 
-    pub(crate) fn batches(&self) -> &crate::charging::Batches {
-        &self.batches
-    }
-
-    /// Installs where this process's committed notifications go (every clone of this
-    /// handle shares it).
-    pub fn install_deliveries(&self, deliveries: Arc<dyn crate::delivery::Deliveries>) {
-        self.deliveries.install(deliveries);
-    }
-
-    pub(crate) fn deliveries(&self) -> &crate::delivery::DeliverySlot {
-        &self.deliveries
-    }
-
-    pub fn key_cache(&self) -> &crate::auth::KeyCache {
-        &self.key_cache
+    /// The value of type `T` kept for this database handle (made on first use).
+    pub fn shared<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        self.shared.get_or_default()
     }
 
     pub fn conn(&self) -> &DatabaseConnection {
@@ -185,24 +176,16 @@ impl Db {
         self.backend() == DatabaseBackend::Postgres
     }
 
-    /// Applies pending migrations and seeds the price list, one process at a time:
-    /// processes started together on a new database wait for the first, then find
-    /// the work done. The whole of it is one write transaction (DDL is transactional
-    /// on both databases); on SQLite `BEGIN IMMEDIATE` takes the writer lock, on
-    /// PostgreSQL an advisory lock held until commit serializes the migrators, which
-    /// sea-orm-migration does not do by itself.
-    pub async fn migrate(&self) -> Result<()> {
+    /// Applies pending migrations in one write transaction, then runs `then` in it
+    /// (see [`daypass_migration::apply`]): processes started together on a new
+    /// database wait for the first, then find the work done.
+    pub async fn migrate_then<F>(&self, then: F) -> Result<()>
+    where
+        F: for<'a> FnOnce(&'a DatabaseTransaction) -> futures::future::BoxFuture<'a, Result<()>>,
+    {
         let tx = self.begin_write().await?;
-        if self.is_postgres() {
-            tx.execute_raw(sea_orm::Statement::from_sql_and_values(
-                DatabaseBackend::Postgres,
-                "SELECT pg_advisory_xact_lock($1)",
-                [MIGRATION_LOCK.into()],
-            ))
-            .await?;
-        }
-        Migrator::up(&*tx, None).await?;
-        crate::catalog::seed_price_list(&*tx).await?;
+        daypass_migration::apply(&tx).await?;
+        then(&tx).await?;
         tx.commit().await
     }
 
@@ -257,4 +240,12 @@ impl Db {
         }
         Ok(query.all(&**tx).await?)
     }
+}
+
+/// The account `id`, or NOT_FOUND.
+pub async fn find_account(conn: &impl sea_orm::ConnectionTrait, id: i32) -> Result<account::Model> {
+    account::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| DomainError::not_found(format!("account {id}")))
 }

@@ -6,8 +6,8 @@
 //! size follows the load (what arrived during the previous batch). Each batch runs in
 //! a task of its own, so a caller that goes away cancels nothing for the others.
 
-use crate::db::Db;
 use crate::error::{DomainError, Result};
+use crate::store::Db;
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::future::Future;
