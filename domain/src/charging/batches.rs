@@ -1,0 +1,129 @@
+//! The opens and charges that wait for the next batch (group commit), and the retry
+//! that keeps one account's failure to its own opens.
+
+use super::plan::ChargeRequest;
+use super::situation::{Asked, Found, run_situations};
+use super::writes::charge_together;
+use super::{OpenOutcome, OpenRecord, Outcome};
+use crate::error::{DomainError, Result};
+use crate::store::{BatchFuture, Db, GroupCommit};
+use daypass_entity::open;
+use sea_orm::EntityTrait;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Which queue a charging open of `account_id` joins. SQLite has one writer, so all
+/// accounts share one queue (one commit for everyone waiting). On PostgreSQL the
+/// accounts are spread over a few queues: a batch costs about the same dozen
+/// statements whatever its size, so opens of many accounts batched together cost far
+/// fewer round trips than one transaction per account, while batches of different
+/// queues still commit in parallel.
+pub(super) fn charge_queue(db: &Db, account_id: i32) -> i32 {
+    if db.is_postgres() {
+        account_id.rem_euclid(POSTGRES_CHARGE_QUEUES)
+    } else {
+        0
+    }
+}
+
+/// How many charging queues a process has on PostgreSQL.
+const POSTGRES_CHARGE_QUEUES: i32 = 2;
+
+/// The opens and charges that wait for the next batch, per kind.
+pub struct Batches {
+    /// Charging opens (see [`charge_queue`]): one transaction per batch, each account
+    /// in it under its own lock.
+    pub(super) charges: Arc<GroupCommit<ChargeRequest, OpenOutcome>>,
+    /// What opens are decided on, read for all that ask at once.
+    pub(super) situations: Arc<GroupCommit<Asked, Found>>,
+    /// Records of opens that move no tokens (reopens, subscriptions, denials).
+    pub(super) records: Arc<GroupCommit<(OpenRecord, Outcome), ()>>,
+}
+
+/// The most opens one transaction takes.
+const MAX_BATCH: usize = 128;
+
+/// The batches of `db`'s process.
+pub(super) fn batches(db: &Db) -> Arc<Batches> {
+    db.shared::<Batches>()
+}
+
+impl Default for Batches {
+    fn default() -> Batches {
+        Batches {
+            charges: GroupCommit::new(run_charges, MAX_BATCH),
+            situations: GroupCommit::new(run_situations, MAX_BATCH),
+            records: GroupCommit::new(run_records, MAX_BATCH),
+        }
+    }
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Batches")
+    }
+}
+
+fn run_records(db: Db, _key: i32, items: Vec<(OpenRecord, Outcome)>) -> BatchFuture<()> {
+    Box::pin(async move {
+        let n = items.len();
+        // One statement commits alone: no BEGIN and COMMIT round trips.
+        let _turn = db.write_turn().await;
+        open::Entity::insert_many(items.iter().map(|(r, o)| r.model(*o)))
+            .exec_without_returning(db.records_conn())
+            .await?;
+        Ok((0..n).map(|_| Ok(())).collect())
+    })
+}
+
+fn run_charges(db: Db, _key: i32, items: Vec<ChargeRequest>) -> BatchFuture<OpenOutcome> {
+    Box::pin(async move { charge_batch(&db, items).await })
+}
+
+/// Rules 3, 6, 10–12 for the charging opens that arrived together, of one account or
+/// many: one transaction, each account under its lock. If it fails and spans several
+/// accounts, each account's opens are tried again on their own, so one account's
+/// failure fails only its own opens.
+async fn charge_batch(db: &Db, items: Vec<ChargeRequest>) -> Result<Vec<Result<OpenOutcome>>> {
+    let all: Vec<&ChargeRequest> = items.iter().collect();
+    let first_error = match charge_together(db, &all).await {
+        Ok(answers) => return Ok(answers.into_iter().map(Ok).collect()),
+        Err(e) => e,
+    };
+    let mut by_account: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        by_account
+            .entry(item.record.account_id)
+            .or_default()
+            .push(i);
+    }
+    if by_account.len() < 2 {
+        return Err(first_error);
+    }
+    let mut answers: Vec<Option<Result<OpenOutcome>>> = (0..items.len()).map(|_| None).collect();
+    for indices in by_account.into_values() {
+        let group: Vec<&ChargeRequest> = indices.iter().map(|&i| &items[i]).collect();
+        match charge_together(db, &group).await {
+            Ok(outcomes) => {
+                for (i, outcome) in indices.into_iter().zip(outcomes) {
+                    answers[i] = Some(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for i in indices {
+                    answers[i] = Some(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| {
+            a.unwrap_or_else(|| {
+                Err(DomainError::Internal(
+                    "an open of the batch was not decided".into(),
+                ))
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,214 @@
+//! Opening a product (rules 7–12): subscriptions first, then pay-as-you-go with its
+//! assignment, restrictions, 24-hour windows and charges.
+//!
+//! An open is validated here, then decided on one batched read of its situation
+//! ([`situation`]); one that moves no tokens is answered at once and its record joins
+//! the next batch insert. A charging open joins its account's next batch
+//! ([`batches`]): under the accounts' locks the batch is read again, planned in
+//! memory by pure rules ([`plan`]), and written in one transaction ([`writes`]).
+
+mod batches;
+mod plan;
+mod situation;
+mod writes;
+
+use crate::access::Actor;
+use crate::error::{DomainError, Result};
+use crate::kinds::{AccessSource, DenyReason, PlanLevel, Role};
+use crate::store::Db;
+use batches::{batches, charge_queue};
+use chrono::{DateTime, Utc};
+use daypass_entity::open;
+use plan::{ChargeRequest, Decision, decide};
+use sea_orm::Set;
+use situation::Asked;
+
+#[derive(Debug, Clone)]
+pub struct OpenRequest {
+    pub product_code: String,
+    pub version: Option<String>,
+}
+
+/// The answer to an open: granted or denied, never an error (rule 11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOutcome {
+    pub granted: bool,
+    pub source: Option<AccessSource>,
+    pub tokens_charged: i64,
+    pub window_ends_at: Option<DateTime<Utc>>,
+    pub deny_reason: Option<DenyReason>,
+    pub balance: i64,
+    pub plan_level: PlanLevel,
+    /// The charge this open made, if it made one.
+    pub charge_id: Option<i32>,
+    /// Notifications this open created, handed to the deliveries after commit.
+    pub(crate) notifications: Vec<i32>,
+}
+
+/// Opens `product_code` for the calling user at `now`.
+pub async fn open_product(
+    db: &Db,
+    actor: &Actor,
+    now: DateTime<Utc>,
+    req: OpenRequest,
+) -> Result<OpenOutcome> {
+    let me = match actor {
+        Actor::Operator => {
+            return Err(DomainError::forbidden(
+                "openProduct opens a product for a user; operators are not users",
+            ));
+        }
+        Actor::User(u) => u.clone(),
+    };
+    if me.role == Role::Analyst {
+        return Err(DomainError::forbidden(
+            "analysts read usage and change nothing",
+        ));
+    }
+    let code = req.product_code.trim().to_owned();
+    if code.is_empty() || code.len() > 64 {
+        return Err(DomainError::bad_input(
+            "productCode must be 1–64 characters",
+        ));
+    }
+    let version = req
+        .version
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    if version.as_ref().is_some_and(|v| v.len() > 100) {
+        return Err(DomainError::bad_input(
+            "version must be at most 100 characters",
+        ));
+    }
+    let asked = Asked {
+        user_id: me.user_id,
+        code: code.clone(),
+        now,
+    };
+    let (user, product, situation) = batches(db)
+        .situations
+        .submit(db, 0, asked)
+        .await?
+        .ok_or(DomainError::Unauthenticated)?;
+    let decision = decide(&user, product.as_ref(), &situation, now);
+    let record = OpenRecord {
+        account_id: user.account_id,
+        user_id: user.id,
+        product_id: product.as_ref().map(|p| p.id),
+        code,
+        version,
+        now,
+    };
+    let outcome = match (decision, product) {
+        (Decision::Charge, Some(product)) => {
+            let request = ChargeRequest { record, product };
+            let answer = batches(db)
+                .charges
+                .submit(db, charge_queue(db, user.account_id), request)
+                .await?;
+            db.deliveries().committed(&answer.notifications).await;
+            return Ok(answer);
+        }
+        (Decision::Charge, None) => {
+            return Err(DomainError::Internal("a charge needs a product".into()));
+        }
+        (Decision::Denied(reason), _) => Outcome::Denied(reason),
+        (Decision::Subscription, _) => Outcome::Subscription,
+        (Decision::InsideWindow(ends_at), _) => Outcome::Reopen(ends_at),
+    };
+    // No lock and no transaction of its own: the record joins the next batch insert.
+    batches(db).records.submit(db, 0, (record, outcome)).await?;
+    Ok(OpenOutcome::of(
+        outcome,
+        situation.balance,
+        situation.plan_level,
+    ))
+}
+
+impl OpenOutcome {
+    fn of(outcome: Outcome, balance: i64, plan_level: PlanLevel) -> OpenOutcome {
+        let (granted, source, deny_reason) = outcome.access();
+        let (tokens_charged, window_ends_at, charge_id) = match outcome {
+            Outcome::Charged {
+                charge_id,
+                tokens,
+                window_ends_at,
+            } => (tokens, Some(window_ends_at), Some(charge_id)),
+            Outcome::Reopen(ends_at) => (0, Some(ends_at), None),
+            Outcome::Denied(_) | Outcome::Subscription => (0, None, None),
+        };
+        OpenOutcome {
+            granted,
+            source,
+            tokens_charged,
+            window_ends_at,
+            deny_reason,
+            balance,
+            plan_level,
+            charge_id,
+            notifications: Vec::new(),
+        }
+    }
+}
+
+/// What an open came to: both the record kept for reports and the caller's answer
+/// are read from it.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Denied(DenyReason),
+    Subscription,
+    /// Inside the window ending then: granted, free.
+    Reopen(DateTime<Utc>),
+    Charged {
+        charge_id: i32,
+        tokens: i64,
+        window_ends_at: DateTime<Utc>,
+    },
+}
+
+impl Outcome {
+    fn access(self) -> (bool, Option<AccessSource>, Option<DenyReason>) {
+        match self {
+            Outcome::Denied(r) => (false, None, Some(r)),
+            Outcome::Subscription => (true, Some(AccessSource::Subscription), None),
+            Outcome::Reopen(_) | Outcome::Charged { .. } => (true, Some(AccessSource::Flex), None),
+        }
+    }
+}
+
+/// Every open, granted or denied, is kept for reports (rule 11).
+struct OpenRecord {
+    account_id: i32,
+    user_id: i32,
+    /// `None`: the code named no catalog product.
+    product_id: Option<i32>,
+    code: String,
+    version: Option<String>,
+    now: DateTime<Utc>,
+}
+
+impl OpenRecord {
+    fn model(&self, outcome: Outcome) -> open::ActiveModel {
+        let (granted, source, deny_reason) = outcome.access();
+        let (charge_id, tokens) = match outcome {
+            Outcome::Charged {
+                charge_id, tokens, ..
+            } => (Some(charge_id), tokens),
+            _ => (None, 0),
+        };
+        open::ActiveModel {
+            account_id: Set(self.account_id),
+            user_id: Set(self.user_id),
+            product_id: Set(self.product_id),
+            product_code: Set(self.code.clone()),
+            version: Set(self.version.clone()),
+            at: Set(self.now),
+            granted: Set(granted),
+            source: Set(source.map(|s| s.as_str().to_owned())),
+            deny_reason: Set(deny_reason.map(|r| r.as_str().to_owned())),
+            charge_id: Set(charge_id),
+            tokens: Set(tokens),
+            ..Default::default()
+        }
+    }
+}

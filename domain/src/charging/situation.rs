@@ -1,0 +1,183 @@
+//! The batched situation read: what each of several opens is decided on, with its
+//! user and active product, in one round trip.
+
+use crate::conditions;
+use crate::error::{DomainError, Result};
+use crate::kinds::PlanLevel;
+use crate::rules;
+use crate::store::{BatchFuture, Db};
+use chrono::{DateTime, Utc};
+use daypass_entity::{product, user};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, IdenStatic, Iterable, Statement};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What an open is decided on besides the user and the product (read with them in
+/// one round trip: the reads of rules 7–10 and the answer's balance and plan level).
+pub(super) struct Situation {
+    pub(super) account_restricts_products: bool,
+    /// Rule 8: the product is on the account-wide list, and on the user's own list
+    /// (read in the same statement as the flags, so a list being replaced is seen
+    /// whole or not at all).
+    pub(super) account_list_has_product: bool,
+    pub(super) user_list_has_product: bool,
+    /// The end of the user's last window for the product, covering `now` or not.
+    pub(super) window_ends_at: Option<DateTime<Utc>>,
+    /// Rule 9: the user holds a seat of a subscription to the product active at `now`.
+    pub(super) has_seat: bool,
+    /// Rule 6 at `now`: tokens left in live lots.
+    pub(super) balance: i64,
+    /// Rule 13 at `now`.
+    pub(super) plan_level: PlanLevel,
+}
+
+/// One open's question for [`situations`].
+pub(super) struct Asked {
+    pub(super) user_id: i32,
+    pub(super) code: String,
+    pub(super) now: DateTime<Utc>,
+}
+
+/// What an open is decided on, with its user and active product; `None`: no such user.
+pub(super) type Found = Option<(user::Model, Option<product::Model>, Situation)>;
+
+pub(super) fn run_situations(db: Db, _key: i32, asked: Vec<Asked>) -> BatchFuture<Found> {
+    Box::pin(async move {
+        Ok(situations(db.conn(), &asked)
+            .await?
+            .into_iter()
+            .map(Ok)
+            .collect())
+    })
+}
+
+/// The text of [`situations`]' query for `n` opens in `backend`'s placeholders, built
+/// once per backend and batch size (every charging batch reads it twice: before and
+/// under the lock).
+fn situations_sql(backend: DatabaseBackend, n: usize) -> Arc<str> {
+    type Built = HashMap<(bool, usize), Arc<str>>;
+    static BUILT: std::sync::OnceLock<std::sync::Mutex<Built>> = std::sync::OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    built
+        .entry((backend == DatabaseBackend::Postgres, n))
+        .or_insert_with(|| {
+            crate::store::numbered(backend, &build_situations_sql(backend, n)).into()
+        })
+        .clone()
+}
+
+/// The query with `?` placeholders.
+fn build_situations_sql(backend: DatabaseBackend, n: usize) -> String {
+    use conditions::{active_subscription, column, live_lot, text};
+    use sea_orm::sea_query::Alias;
+    let at = || column("asked", "at");
+    let seat_active = text(backend, active_subscription(Alias::new("sub"), at()));
+    let plan_active = text(backend, active_subscription(Alias::new("held"), at()));
+    let lot_live = text(backend, live_lot(Alias::new("l"), at()));
+    // The user's and the active product's columns, prefixed to tell them apart.
+    let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
+        names
+            .into_iter()
+            .map(|c| format!("{table}.{c} AS {prefix}{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Which plans the account holds, one bit each; rule 13 picks from them.
+    let flags: String = PlanLevel::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, plan)| format!(" WHEN '{}' THEN {}", plan.as_str(), 1_i64 << i))
+        .collect();
+    format!(
+        "WITH asked(i, user_id, code, at) AS (VALUES {}) \
+         SELECT asked.i AS asked, {}, {}, \
+         (SELECT restricts_products FROM accounts WHERE id = u.account_id) \
+          AS account_restricts, \
+         EXISTS (SELECT 1 FROM allowed_products a WHERE a.account_id = u.account_id \
+          AND a.user_id IS NULL AND a.product_id = p.id) AS account_lists, \
+         EXISTS (SELECT 1 FROM allowed_products a WHERE a.account_id = u.account_id \
+          AND a.user_id = u.id AND a.product_id = p.id) AS user_lists, \
+         (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
+          AS window_ends_at, \
+         (SELECT COUNT(*) FROM subscription_seats s \
+          JOIN subscriptions sub ON sub.id = s.subscription_id \
+          WHERE s.user_id = u.id AND sub.product_id = p.id AND {seat_active}) AS seats, \
+         (SELECT CAST(COALESCE(SUM(l.remaining), 0) AS BIGINT) FROM lots l \
+          WHERE l.account_id = u.account_id AND {lot_live}) AS balance, \
+         (SELECT CAST(COALESCE(SUM(DISTINCT CASE held.plan_level{flags} ELSE 0 END), 0) \
+          AS BIGINT) FROM subscriptions held \
+          WHERE held.account_id = u.account_id AND {plan_active}) AS plans \
+         FROM asked JOIN users u ON u.id = asked.user_id \
+         LEFT JOIN products p ON p.code = asked.code AND p.active = ?",
+        vec!["(?, ?, ?, ?)"; n].join(", "),
+        columns(
+            "u",
+            "u_",
+            user::Column::iter().map(|c| c.as_str()).collect()
+        ),
+        columns(
+            "p",
+            "p_",
+            product::Column::iter().map(|c| c.as_str()).collect()
+        ),
+    )
+}
+
+/// What each of several opens is decided on (the reads of rules 7–10 and the
+/// answer's balance and plan level), with its user and product, in one round trip:
+/// concurrent opens ask together.
+pub(super) async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> Result<Vec<Found>> {
+    let backend = conn.get_database_backend();
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(asked.len() * 4 + 1);
+    for (i, a) in asked.iter().enumerate() {
+        values.extend([
+            (i as i32).into(),
+            a.user_id.into(),
+            a.code.as_str().into(),
+            a.now.into(),
+        ]);
+    }
+    values.push(true.into());
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            situations_sql(backend, asked.len()).as_ref(),
+            values,
+        ))
+        .await?;
+    let mut found: Vec<Found> = (0..asked.len()).map(|_| None).collect();
+    for row in rows {
+        let i: i32 = row.try_get("", "asked")?;
+        let user = user::Model::from_query_result(&row, "u_")?;
+        let product = match row.try_get::<Option<i32>>("", "p_id")? {
+            Some(_) => Some(product::Model::from_query_result(&row, "p_")?),
+            None => None,
+        };
+        let plans: i64 = row.try_get("", "plans")?;
+        let held = PlanLevel::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| plans & (1 << i) != 0)
+            .map(|(_, plan)| *plan);
+        let situation = Situation {
+            account_restricts_products: row
+                .try_get::<Option<bool>>("", "account_restricts")?
+                .unwrap_or(false),
+            account_list_has_product: row.try_get("", "account_lists")?,
+            user_list_has_product: row.try_get("", "user_lists")?,
+            window_ends_at: row.try_get("", "window_ends_at")?,
+            has_seat: row.try_get::<i64>("", "seats")? > 0,
+            balance: row.try_get("", "balance")?,
+            plan_level: rules::plan_level_of(held),
+        };
+        let slot = usize::try_from(i)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+            .ok_or_else(|| DomainError::Internal("a situation nobody asked for".into()))?;
+        *slot = Some((user, product, situation));
+    }
+    Ok(found)
+}
