@@ -136,7 +136,7 @@ pub fn record_open(outcome: &OpenOutcome) {
     if outcome.charge_id.is_some() {
         metrics::counter!(names::CHARGES).increment(1);
         metrics::counter!(names::TOKENS_CHARGED)
-            .increment(u64::try_from(outcome.tokens_charged).unwrap_or(0));
+            .increment(u64::try_from(outcome.tokens_charged.get()).unwrap_or(0));
     }
     if let Some(reason) = outcome.deny_reason {
         metrics::counter!(names::DENIALS, "reason" => reason.as_str()).increment(1);

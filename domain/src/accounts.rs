@@ -9,6 +9,7 @@ use crate::page::{Page, PageRequest};
 use crate::rules;
 use crate::store::Db;
 use crate::store::find_account;
+use crate::units::Tokens;
 use crate::users::{self, NewUser};
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, lot, subscription, user};
@@ -112,7 +113,7 @@ pub async fn balance_at(
     conn: &impl ConnectionTrait,
     account_id: i32,
     now: DateTime<Utc>,
-) -> Result<i64> {
+) -> Result<Tokens> {
     let remaining: Vec<i64> = lot::Entity::find()
         .select_only()
         .column(lot::Column::Remaining)
@@ -121,10 +122,15 @@ pub async fn balance_at(
         .into_tuple()
         .all(conn)
         .await?;
-    Ok(remaining.into_iter().sum())
+    Ok(remaining.into_iter().map(Tokens).sum())
 }
 
-pub async fn balance(db: &Db, actor: &Actor, account_id: i32, now: DateTime<Utc>) -> Result<i64> {
+pub async fn balance(
+    db: &Db,
+    actor: &Actor,
+    account_id: i32,
+    now: DateTime<Utc>,
+) -> Result<Tokens> {
     actor.can_see_account(account_id)?;
     balance_at(db.conn(), account_id, now).await
 }
@@ -134,9 +140,9 @@ pub async fn threshold_at(
     conn: &impl ConnectionTrait,
     account: &account::Model,
     now: DateTime<Utc>,
-) -> Result<i64> {
+) -> Result<Tokens> {
     if let Some(t) = account.low_balance_threshold {
-        return Ok(t);
+        return Ok(Tokens(t));
     }
     let quantities: Vec<i64> = lot::Entity::find()
         .select_only()
@@ -148,7 +154,7 @@ pub async fn threshold_at(
         .await?;
     Ok(rules::low_balance_threshold(
         None,
-        quantities.into_iter().sum(),
+        quantities.into_iter().map(Tokens).sum(),
     ))
 }
 
@@ -157,7 +163,7 @@ pub async fn low_balance_threshold(
     actor: &Actor,
     account: &account::Model,
     now: DateTime<Utc>,
-) -> Result<i64> {
+) -> Result<Tokens> {
     actor.can_see_account(account.id)?;
     threshold_at(db.conn(), account, now).await
 }

@@ -7,6 +7,7 @@
 //! finds every due notification in the outbox.
 
 use crate::store::Db;
+use crate::units::NotificationId;
 use futures::future::BoxFuture;
 use std::sync::{Arc, RwLock};
 
@@ -14,7 +15,7 @@ use std::sync::{Arc, RwLock};
 pub trait Deliveries: Send + Sync + 'static {
     /// Hands `notification_ids` on. Failures are the implementer's to log, never the
     /// caller's: the change they belong to has committed already.
-    fn committed<'a>(&'a self, notification_ids: &'a [i32]) -> BoxFuture<'a, ()>;
+    fn committed<'a>(&'a self, notification_ids: &'a [NotificationId]) -> BoxFuture<'a, ()>;
 }
 
 /// Where a process's [`Deliveries`] is kept: shared by every clone of a database
@@ -34,7 +35,7 @@ impl DeliverySlot {
     }
 
     /// Hands committed notifications to the installed port, if any.
-    pub async fn committed(&self, notification_ids: &[i32]) {
+    pub async fn committed(&self, notification_ids: &[NotificationId]) {
         if notification_ids.is_empty() {
             return;
         }

@@ -25,6 +25,7 @@ pub mod rollups;
 pub mod rules;
 pub mod store;
 pub mod subscriptions;
+pub mod units;
 pub mod users;
 
 pub use access::Actor;

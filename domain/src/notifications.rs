@@ -9,6 +9,7 @@ use crate::error::{DomainError, Result};
 use crate::kinds::Role;
 use crate::page::{Page, PageRequest};
 use crate::store::Db;
+use crate::units::{ChargeId, NotificationId, Tokens};
 use chrono::{DateTime, Duration, Utc};
 use daypass_entity::{account, lot, notification, user};
 use sea_orm::{
@@ -62,7 +63,7 @@ pub fn backoff_after(attempts: i32) -> Duration {
 
 /// Rule 14: a charge crossed the threshold when it took the balance from at or above
 /// it to below it.
-pub fn crossed_threshold(before: i64, after: i64, threshold: i64) -> bool {
+pub fn crossed_threshold(before: Tokens, after: Tokens, threshold: Tokens) -> bool {
     before >= threshold && after < threshold
 }
 
@@ -123,20 +124,20 @@ async fn insert_once(
 pub(crate) async fn on_charge(
     conn: &impl ConnectionTrait,
     account: &account::Model,
-    before: i64,
-    after: i64,
-    threshold: i64,
-    charge_id: i32,
+    before: Tokens,
+    after: Tokens,
+    threshold: Tokens,
+    charge_id: ChargeId,
     now: DateTime<Utc>,
-) -> Result<Option<i32>> {
+) -> Result<Option<NotificationId>> {
     if !crossed_threshold(before, after, threshold) {
         return Ok(None);
     }
     let facts = Facts {
         account_id: account.id,
         account_name: account.name.clone(),
-        balance: after,
-        threshold: Some(threshold),
+        balance: after.get(),
+        threshold: Some(threshold.get()),
         lots: vec![],
         at: now,
     };
@@ -148,6 +149,7 @@ pub(crate) async fn on_charge(
         now,
     )
     .await
+    .map(|id| id.map(NotificationId))
 }
 
 /// Called inside a denial's transaction: at most one "tokens exhausted" per account
@@ -155,14 +157,14 @@ pub(crate) async fn on_charge(
 pub(crate) async fn on_exhausted(
     conn: &impl ConnectionTrait,
     account: &account::Model,
-    balance: i64,
+    balance: Tokens,
     now: DateTime<Utc>,
-) -> Result<Option<i32>> {
+) -> Result<Option<NotificationId>> {
     let day = now.date_naive();
     let facts = Facts {
         account_id: account.id,
         account_name: account.name.clone(),
-        balance,
+        balance: balance.get(),
         threshold: None,
         lots: vec![],
         at: now,
@@ -175,6 +177,7 @@ pub(crate) async fn on_exhausted(
         now,
     )
     .await
+    .map(|id| id.map(NotificationId))
 }
 
 /// Rule 14: one reminder per lot with tokens left, from 90 days before its expiry.
@@ -201,7 +204,9 @@ pub async fn record_expiry_reminders(db: &Db, now: DateTime<Utc>) -> Result<Vec<
         let facts = Facts {
             account_id: account.id,
             account_name: account.name.clone(),
-            balance: crate::accounts::balance_at(&*tx, account.id, now).await?,
+            balance: crate::accounts::balance_at(&*tx, account.id, now)
+                .await?
+                .get(),
             threshold: None,
             lots: vec![LotFact {
                 lot_id: lot.id,
@@ -402,6 +407,9 @@ mod tests {
 
     #[test]
     fn crossing_is_from_at_or_above_to_below() {
+        let crossed_threshold = |before, after, threshold| {
+            crossed_threshold(Tokens(before), Tokens(after), Tokens(threshold))
+        };
         assert!(crossed_threshold(20, 19, 20));
         assert!(crossed_threshold(30, 5, 20));
         assert!(

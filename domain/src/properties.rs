@@ -7,6 +7,7 @@ use crate::rules::{
     self, Band, LIST_PRICE_TOP, SELF_SERVICE_LIMIT, SpendableLot, WINDOW, allocate_from_lots,
     band_for, expiry_of, lot_is_live, lot_is_unexpired, validate_bands, window_covers,
 };
+use crate::units::{LotId, MinorUnits, Tokens};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -39,11 +40,11 @@ fn lots() -> impl Strategy<Value = Vec<SpendableLot>> {
                 .enumerate()
                 .map(
                     |(i, (remaining, extra, expires_in_days, price))| SpendableLot {
-                        id: i as i32 + 1,
-                        remaining,
-                        quantity: remaining + extra,
+                        id: LotId(i as i32 + 1),
+                        remaining: Tokens(remaining),
+                        quantity: Tokens(remaining + extra),
                         expires_at: base + Duration::days(expires_in_days),
-                        unit_price_minor: price,
+                        unit_price_minor: MinorUnits(price),
                     },
                 )
                 .collect()
@@ -126,22 +127,22 @@ proptest! {
     /// expiry, then the smaller lot, then the older), emptying every lot it moves past;
     /// it is refused, drawing nothing, only when the live lots hold too little.
     #[test]
-    fn a_charge_burns_live_lots_in_order(lots in lots(), tokens in 1_i64..120, day in 0_i64..420) {
+    fn a_charge_burns_live_lots_in_order(lots in lots(), tokens in (1_i64..120).prop_map(Tokens), day in 0_i64..420) {
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::days(day)
             + Duration::hours(7);
-        let live: i64 = lots.iter().filter(|l| lot_is_live(l.remaining, l.expires_at, now)).map(|l| l.remaining).sum();
+        let live: Tokens = lots.iter().filter(|l| lot_is_live(l.remaining, l.expires_at, now)).map(|l| l.remaining).sum();
         match allocate_from_lots(&lots, tokens, now) {
             None => prop_assert!(live < tokens),
             Some(draws) => {
                 prop_assert!(live >= tokens);
-                prop_assert_eq!(draws.iter().map(|d| d.tokens).sum::<i64>(), tokens);
-                let by_id: HashMap<i32, &SpendableLot> = lots.iter().map(|l| (l.id, l)).collect();
+                prop_assert_eq!(draws.iter().map(|d| d.tokens).sum::<Tokens>(), tokens);
+                let by_id: HashMap<LotId, &SpendableLot> = lots.iter().map(|l| (l.id, l)).collect();
                 let mut order = Vec::new();
                 for (k, d) in draws.iter().enumerate() {
                     let lot = by_id[&d.lot_id];
                     prop_assert!(d.tokens > 0 && d.tokens <= lot.remaining);
                     prop_assert!(lot_is_live(lot.remaining, lot.expires_at, now));
-                    prop_assert_eq!(d.cost_minor, d.tokens * lot.unit_price_minor);
+                    prop_assert_eq!(d.cost_minor, MinorUnits(d.tokens.get() * lot.unit_price_minor.get()));
                     if k + 1 < draws.len() {
                         prop_assert_eq!(d.tokens, lot.remaining, "a lot passed over is emptied");
                     }

@@ -463,7 +463,7 @@ pub async fn forecast(
         })
         .collect();
     let shortfall = expected_tokens - need.covered_by_lots(&lots, horizon_days);
-    let balance = balance_at(db.conn(), account_id, now).await?;
+    let balance = balance_at(db.conn(), account_id, now).await?.get();
 
     let prices: HashMap<i32, i64> = product::Entity::find()
         .select_only()

@@ -1,6 +1,7 @@
 //! The pure rules of PRODUCT.md: no I/O, `now` always passed in.
 
 use crate::kinds::{LotStatus, PlanLevel};
+use crate::units::{LotId, MinorUnits, Tokens};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 
 /// Largest quantity an account admin may buy at once (rule 4).
@@ -35,7 +36,7 @@ pub fn lot_is_unexpired(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
 
 /// Rules 2 and 6: a live lot holds tokens and has not expired; the balance is the
 /// sum of the live lots' remaining tokens ([`crate::conditions::live_lot`] in SQL).
-pub fn lot_is_live(remaining: i64, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+pub fn lot_is_live(remaining: Tokens, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     remaining > 0 && lot_is_unexpired(expires_at, now)
 }
 
@@ -105,19 +106,19 @@ pub fn lot_status(counts: LotCounts) -> LotStatus {
 /// A lot that can give tokens to a charge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpendableLot {
-    pub id: i32,
-    pub remaining: i64,
-    pub quantity: i64,
+    pub id: LotId,
+    pub remaining: Tokens,
+    pub quantity: Tokens,
     pub expires_at: DateTime<Utc>,
-    pub unit_price_minor: i64,
+    pub unit_price_minor: MinorUnits,
 }
 
 /// How many tokens of a charge one lot gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Draw {
-    pub lot_id: i32,
-    pub tokens: i64,
-    pub cost_minor: i64,
+    pub lot_id: LotId,
+    pub tokens: Tokens,
+    pub cost_minor: MinorUnits,
 }
 
 /// Rule 3 burn order: earliest expiry first, then the smaller lot, then the one
@@ -130,7 +131,7 @@ pub fn sort_in_burn_order(lots: &mut [SpendableLot]) {
 /// they cannot cover it (nothing is drawn then).
 pub fn allocate_from_lots(
     lots: &[SpendableLot],
-    tokens: i64,
+    tokens: Tokens,
     now: DateTime<Utc>,
 ) -> Option<Vec<Draw>> {
     let mut live: Vec<SpendableLot> = lots
@@ -149,7 +150,7 @@ pub fn allocate_from_lots(
         draws.push(Draw {
             lot_id: lot.id,
             tokens: take,
-            cost_minor: take * lot.unit_price_minor,
+            cost_minor: take.cost_at(lot.unit_price_minor),
         });
         left -= take;
     }
@@ -185,8 +186,10 @@ pub fn subscription_active(
 }
 
 /// Rule 14: an explicit threshold, or 20% of the tokens in unexpired lots.
-pub fn low_balance_threshold(explicit: Option<i64>, tokens_in_unexpired_lots: i64) -> i64 {
-    explicit.unwrap_or(tokens_in_unexpired_lots * DEFAULT_THRESHOLD_PERCENT / 100)
+pub fn low_balance_threshold(explicit: Option<Tokens>, tokens_in_unexpired_lots: Tokens) -> Tokens {
+    explicit.unwrap_or(Tokens(
+        tokens_in_unexpired_lots.0 * DEFAULT_THRESHOLD_PERCENT / 100,
+    ))
 }
 
 /// Rule 18: the tokens an account is expected to need, extrapolated linearly from
@@ -408,11 +411,11 @@ mod tests {
 
     fn lot(id: i32, remaining: i64, quantity: i64, expires: &str) -> SpendableLot {
         SpendableLot {
-            id,
-            remaining,
-            quantity,
+            id: LotId(id),
+            remaining: Tokens(remaining),
+            quantity: Tokens(quantity),
             expires_at: t(expires),
-            unit_price_minor: 100 + id as i64,
+            unit_price_minor: MinorUnits(100 + id as i64),
         }
     }
 
@@ -425,8 +428,11 @@ mod tests {
             lot(3, 10, 50, "2027-01-01T00:00:00Z"),
             lot(4, 10, 10, "2026-12-01T00:00:00Z"),
         ];
-        let draws = allocate_from_lots(&lots, 35, now).unwrap();
-        let order: Vec<(i32, i64)> = draws.iter().map(|d| (d.lot_id, d.tokens)).collect();
+        let draws = allocate_from_lots(&lots, Tokens(35), now).unwrap();
+        let order: Vec<(i32, i64)> = draws
+            .iter()
+            .map(|d| (d.lot_id.get(), d.tokens.get()))
+            .collect();
         assert_eq!(order, vec![(4, 10), (2, 10), (3, 10), (1, 5)]);
         assert_eq!(draws[0].cost_minor, 10 * 104);
     }
@@ -439,7 +445,7 @@ mod tests {
             lot(2, 4, 4, "2026-08-01T00:00:00Z"),
             lot(3, 10, 10, "2026-09-01T00:00:00Z"),
         ];
-        let draws = allocate_from_lots(&lots, 9, now).unwrap();
+        let draws = allocate_from_lots(&lots, Tokens(9), now).unwrap();
         assert_eq!(
             draws.iter().map(|d| d.tokens).collect::<Vec<_>>(),
             vec![3, 4, 2]
@@ -453,8 +459,8 @@ mod tests {
             lot(1, 100, 100, "2026-06-01T00:00:00Z"),
             lot(2, 4, 4, "2026-08-01T00:00:00Z"),
         ];
-        assert_eq!(allocate_from_lots(&lots, 5, now), None);
-        assert_eq!(allocate_from_lots(&lots, 4, now).unwrap().len(), 1);
+        assert_eq!(allocate_from_lots(&lots, Tokens(5), now), None);
+        assert_eq!(allocate_from_lots(&lots, Tokens(4), now).unwrap().len(), 1);
     }
 
     #[test]
@@ -549,7 +555,7 @@ mod tests {
 
     #[test]
     fn default_threshold_is_twenty_percent() {
-        assert_eq!(low_balance_threshold(None, 1000), 200);
-        assert_eq!(low_balance_threshold(Some(7), 1000), 7);
+        assert_eq!(low_balance_threshold(None, Tokens(1000)), 200);
+        assert_eq!(low_balance_threshold(Some(Tokens(7)), Tokens(1000)), 7);
     }
 }

@@ -40,7 +40,10 @@ async fn hundred_concurrent_opens_of_one_user_and_product_charge_once() {
         1,
         "exactly one charge"
     );
-    assert_eq!(outcomes.iter().map(|o| o.tokens_charged).sum::<i64>(), 7);
+    assert_eq!(
+        outcomes.iter().map(|o| o.tokens_charged.get()).sum::<i64>(),
+        7
+    );
     let balance = daypass_domain::accounts::balance_at(db.conn(), acct.account_id, now)
         .await
         .unwrap();
@@ -188,10 +191,13 @@ async fn opens_charged_together_in_two_processes_are_each_their_own() {
         .map(|r| r.unwrap().expect("open answers"))
         .collect();
     assert!(outcomes.iter().all(|o| o.granted && o.tokens_charged == 3));
-    let charge_ids: BTreeSet<i32> = outcomes.iter().filter_map(|o| o.charge_id).collect();
+    let charge_ids: BTreeSet<i32> = outcomes
+        .iter()
+        .filter_map(|o| o.charge_id.map(|id| id.get()))
+        .collect();
     assert_eq!(charge_ids.len(), 60, "one charge each");
     // Each answer shows the balance right after its own charge: 297, 294, … 120.
-    let balances: BTreeSet<i64> = outcomes.iter().map(|o| o.balance).collect();
+    let balances: BTreeSet<i64> = outcomes.iter().map(|o| o.balance.get()).collect();
     let expected: BTreeSet<i64> = (1..=60).map(|k| 300 - 3 * k).collect();
     assert_eq!(balances, expected);
     assert_eq!(charge::Entity::find().count(db.conn()).await.unwrap(), 60);
@@ -268,7 +274,7 @@ async fn opens_of_many_accounts_batched_together_keep_their_accounts_apart() {
             .map(|(_, o)| {
                 let o = o.as_ref().expect("open answers");
                 assert!(o.granted && o.tokens_charged == 4, "{o:?}");
-                o.balance
+                o.balance.get()
             })
             .collect();
         let expected: BTreeSet<i64> = (1..=10).map(|k| bought - 4 * k).collect();

@@ -8,6 +8,7 @@ use daypass_domain::entity::{lot, subscription};
 use daypass_domain::kinds::LotStatus;
 use daypass_domain::rules::{self, LotCounts};
 use daypass_domain::store::stmt;
+use daypass_domain::units::Tokens;
 use daypass_tests::{TestDb, account, product, t};
 use proptest::prelude::*;
 use sea_orm::sea_query::Alias;
@@ -146,7 +147,7 @@ async fn check(lots: Vec<LotCase>, subscriptions: Vec<SubscriptionCase>, asked: 
         };
         assert_eq!(
             lots_where(conditions::live_lot(lot::Entity, now)).await,
-            expected(&|l| rules::lot_is_live(l.remaining, l.expires_at, now)),
+            expected(&|l| rules::lot_is_live(Tokens(l.remaining), l.expires_at, now)),
             "live lots at {now}"
         );
         assert_eq!(
@@ -205,7 +206,7 @@ async fn check(lots: Vec<LotCase>, subscriptions: Vec<SubscriptionCase>, asked: 
         let by_text = ids(rows.iter().map(|r| r.try_get::<i32>("", "id").expect("id")));
         assert_eq!(
             by_text,
-            expected(&|l| rules::lot_is_live(l.remaining, l.expires_at, now)),
+            expected(&|l| rules::lot_is_live(Tokens(l.remaining), l.expires_at, now)),
             "live lots at {now}, by the text of hand-written statements"
         );
 

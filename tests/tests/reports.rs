@@ -1888,6 +1888,7 @@ async fn forecast_projects_trailing_usage_and_advises_subscriptions() {
             daypass_domain::accounts::balance_at(db.conn(), a, now)
                 .await
                 .unwrap()
+                .get()
         );
         assert_eq!(
             reports::forecast(db, &acct.admin, a, 1, now).await.unwrap(),

@@ -95,6 +95,7 @@ async fn balance(db: &Db, account_id: i32, now: DateTime<Utc>) -> i64 {
     accounts::balance_at(db.conn(), account_id, now)
         .await
         .expect("balance")
+        .get()
 }
 
 async fn lot_row(db: &Db, id: i32) -> lot::Model {
@@ -582,7 +583,7 @@ async fn rule3_burns_the_lot_that_expires_first() {
     let o = open_at(db, &member, now, req("cad")).await;
     assert_charged(&o, 3);
     assert_eq!(
-        charge_draws(db, o.charge_id.unwrap()).await,
+        charge_draws(db, o.charge_id.unwrap().get()).await,
         vec![(big_early, -3)]
     );
     assert_eq!(lot_row(db, big_early).await.remaining, 97);
@@ -606,7 +607,7 @@ async fn rule3_on_equal_expiry_burns_the_smaller_lot() {
 
     let o = open_at(db, &member, now, req("cad")).await;
     assert_eq!(
-        charge_draws(db, o.charge_id.unwrap()).await,
+        charge_draws(db, o.charge_id.unwrap().get()).await,
         vec![(small, -3)]
     );
     assert_eq!(lot_row(db, big).await.remaining, 100);
@@ -637,7 +638,7 @@ async fn rule3_on_equal_expiry_and_size_burns_the_lot_recorded_first() {
         .await;
         let o = open_at(db, &m, now, req("cad")).await;
         assert_charged(&o, 10);
-        drawn.extend(charge_draws(db, o.charge_id.unwrap()).await);
+        drawn.extend(charge_draws(db, o.charge_id.unwrap().get()).await);
     }
     assert_eq!(drawn, vec![(first, -10), (second, -10), (third, -10)]);
 }
@@ -684,7 +685,7 @@ async fn rule3_a_charge_spanning_three_lots_records_each_draw_and_its_cost() {
     let o = open_at(db, &member, now, req("cad")).await;
     assert_charged(&o, 9);
     assert_eq!(o.balance, 17 - 9);
-    let charge_id = o.charge_id.unwrap();
+    let charge_id = o.charge_id.unwrap().get();
     assert_eq!(
         charge_draws(db, charge_id).await,
         vec![(l1, -3), (l2, -4), (l3, -2)]
@@ -1363,7 +1364,7 @@ async fn rule11_an_open_the_balance_cannot_cover_is_denied_and_charges_nothing()
     assert_charged(&o, 7);
     assert_eq!(o.balance, 8);
     assert_eq!(
-        charge_draws(db, o.charge_id.unwrap()).await.len(),
+        charge_draws(db, o.charge_id.unwrap().get()).await.len(),
         2,
         "5 from the first lot, 2 from the new one"
     );
@@ -1574,7 +1575,7 @@ async fn rule11_every_open_granted_or_denied_is_recorded() {
         assert_eq!(row.at, at(i as i64), "open #{i}");
         assert_eq!(
             row.charge_id,
-            (i == 0).then_some(charged.charge_id.unwrap())
+            (i == 0).then_some(charged.charge_id.unwrap().get())
         );
     }
 }

@@ -7,6 +7,7 @@ use crate::email;
 use crate::queue::{JobQueue, SendNotification};
 use daypass_domain::delivery::Deliveries;
 use daypass_domain::notifications::{self, NotificationState};
+use daypass_domain::units::NotificationId;
 use futures::future::BoxFuture;
 
 /// What one delivery attempt came to.
@@ -78,9 +79,14 @@ async fn push_all(queue: &JobQueue, ids: &[i32]) {
 
 /// The job queue as the domain's delivery port.
 impl Deliveries for JobQueue {
-    fn committed<'a>(&'a self, notification_ids: &'a [i32]) -> BoxFuture<'a, ()> {
-        Box::pin(push_all(self, notification_ids))
+    fn committed<'a>(&'a self, notification_ids: &'a [NotificationId]) -> BoxFuture<'a, ()> {
+        Box::pin(push_ids(self, notification_ids))
     }
+}
+
+async fn push_ids(queue: &JobQueue, ids: &[NotificationId]) {
+    let ids: Vec<i32> = ids.iter().map(|id| id.get()).collect();
+    push_all(queue, &ids).await
 }
 
 /// The periodic pass: expiry reminders that came due, then every due notification

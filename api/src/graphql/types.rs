@@ -164,12 +164,14 @@ impl Account {
         let r = Req::of(ctx)?;
         accounts::balance(r.db(), r.actor(), self.0.id, r.now)
             .await
+            .map(|tokens| tokens.get())
             .gql()
     }
     async fn low_balance_threshold(&self, ctx: &Context<'_>) -> Result<i64> {
         let r = Req::of(ctx)?;
         accounts::low_balance_threshold(r.db(), r.actor(), &self.0, r.now)
             .await
+            .map(|tokens| tokens.get())
             .gql()
     }
     /// Null: every catalog product is open to assigned users. Otherwise the account-wide list.
@@ -622,10 +624,10 @@ impl From<domain::charging::OpenOutcome> for OpenProductResult {
         OpenProductResult {
             granted: o.granted,
             source: o.source.map(Into::into),
-            tokens_charged: o.tokens_charged,
+            tokens_charged: o.tokens_charged.get(),
             window_ends_at: o.window_ends_at,
             deny_reason: o.deny_reason.map(Into::into),
-            balance: o.balance,
+            balance: o.balance.get(),
             plan_level: o.plan_level.into(),
         }
     }

@@ -64,9 +64,13 @@ impl std::fmt::Debug for Batches {
     }
 }
 
-fn run_records(db: Db, _key: i32, items: Vec<(OpenRecord, Outcome)>) -> BatchFuture<()> {
+fn run_records(db: Db, _key: i32, mut items: Vec<(OpenRecord, Outcome)>) -> BatchFuture<()> {
     Box::pin(async move {
         let n = items.len();
+        // Each row's foreign key takes a share lock on its account (PostgreSQL), row
+        // after row: in account id order, the order charging batches lock accounts
+        // in, so the two never wait for each other in a circle.
+        items.sort_by_key(|(record, _)| record.account_id);
         // One statement commits alone: no BEGIN and COMMIT round trips.
         let _turn = db.write_turn().await;
         open::Entity::insert_many(items.iter().map(|(r, o)| r.model(*o)))

@@ -16,6 +16,7 @@ use crate::access::Actor;
 use crate::error::{DomainError, Result};
 use crate::kinds::{AccessSource, DenyReason, PlanLevel, Role};
 use crate::store::Db;
+use crate::units::{ChargeId, NotificationId, Tokens};
 use batches::{batches, charge_queue};
 use chrono::{DateTime, Utc};
 use daypass_entity::open;
@@ -34,15 +35,15 @@ pub struct OpenRequest {
 pub struct OpenOutcome {
     pub granted: bool,
     pub source: Option<AccessSource>,
-    pub tokens_charged: i64,
+    pub tokens_charged: Tokens,
     pub window_ends_at: Option<DateTime<Utc>>,
     pub deny_reason: Option<DenyReason>,
-    pub balance: i64,
+    pub balance: Tokens,
     pub plan_level: PlanLevel,
     /// The charge this open made, if it made one.
-    pub charge_id: Option<i32>,
+    pub charge_id: Option<ChargeId>,
     /// Notifications this open created, handed to the deliveries after commit.
-    pub(crate) notifications: Vec<i32>,
+    pub(crate) notifications: Vec<NotificationId>,
 }
 
 /// Opens `product_code` for the calling user at `now`.
@@ -126,7 +127,7 @@ pub async fn open_product(
 }
 
 impl OpenOutcome {
-    fn of(outcome: Outcome, balance: i64, plan_level: PlanLevel) -> OpenOutcome {
+    fn of(outcome: Outcome, balance: Tokens, plan_level: PlanLevel) -> OpenOutcome {
         let (granted, source, deny_reason) = outcome.access();
         let (tokens_charged, window_ends_at, charge_id) = match outcome {
             Outcome::Charged {
@@ -134,8 +135,8 @@ impl OpenOutcome {
                 tokens,
                 window_ends_at,
             } => (tokens, Some(window_ends_at), Some(charge_id)),
-            Outcome::Reopen(ends_at) => (0, Some(ends_at), None),
-            Outcome::Denied(_) | Outcome::Subscription => (0, None, None),
+            Outcome::Reopen(ends_at) => (Tokens::ZERO, Some(ends_at), None),
+            Outcome::Denied(_) | Outcome::Subscription => (Tokens::ZERO, None, None),
         };
         OpenOutcome {
             granted,
@@ -160,8 +161,8 @@ enum Outcome {
     /// Inside the window ending then: granted, free.
     Reopen(DateTime<Utc>),
     Charged {
-        charge_id: i32,
-        tokens: i64,
+        charge_id: ChargeId,
+        tokens: Tokens,
         window_ends_at: DateTime<Utc>,
     },
 }
@@ -193,7 +194,7 @@ impl OpenRecord {
         let (charge_id, tokens) = match outcome {
             Outcome::Charged {
                 charge_id, tokens, ..
-            } => (Some(charge_id), tokens),
+            } => (Some(charge_id.get()), tokens.get()),
             _ => (None, 0),
         };
         open::ActiveModel {

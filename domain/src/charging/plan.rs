@@ -7,6 +7,7 @@ use super::situation::Situation;
 use crate::error::{DomainError, Result};
 use crate::kinds::{DenyReason, PlanLevel};
 use crate::rules::{self, SpendableLot};
+use crate::units::{LotId, MinorUnits, Tokens};
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, lot, product, user};
 use std::collections::{BTreeMap, HashMap};
@@ -75,11 +76,11 @@ pub(super) enum Planned {
     Subscription,
     Reopen(DateTime<Utc>),
     Charge {
-        tokens: i64,
+        tokens: Tokens,
         draws: Vec<rules::Draw>,
         window_ends_at: DateTime<Utc>,
-        balance_before: i64,
-        threshold: i64,
+        balance_before: Tokens,
+        threshold: Tokens,
     },
 }
 
@@ -88,23 +89,23 @@ pub(super) enum Planned {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PlannedOpen {
     pub(super) plan: Planned,
-    pub(super) balance_after: i64,
+    pub(super) balance_after: Tokens,
     pub(super) plan_level: PlanLevel,
 }
 
 /// A lot a batch drew from: its remaining tokens before and after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct DrawnLot {
-    pub(super) lot_id: i32,
-    pub(super) before: i64,
-    pub(super) after: i64,
+    pub(super) lot_id: LotId,
+    pub(super) before: Tokens,
+    pub(super) after: Tokens,
 }
 
 /// An open decided again under the locks (rules 7–10), with the daily rate as the
 /// catalog has it now.
 pub(super) struct Decided {
     pub(super) decision: Decision,
-    pub(super) rate: i64,
+    pub(super) rate: Tokens,
     pub(super) plan_level: PlanLevel,
 }
 
@@ -194,18 +195,18 @@ impl AccountLots {
         let spendable = lots
             .iter()
             .map(|l| SpendableLot {
-                id: l.id,
-                remaining: l.remaining,
-                quantity: l.quantity,
+                id: LotId(l.id),
+                remaining: Tokens(l.remaining),
+                quantity: Tokens(l.quantity),
                 expires_at: l.expires_at,
-                unit_price_minor: l.unit_price_minor,
+                unit_price_minor: MinorUnits(l.unit_price_minor),
             })
             .collect();
         AccountLots { lots, spendable }
     }
 
     /// Rule 6: the tokens in live lots at `now`, as this batch has drawn them.
-    fn live_tokens(&self, now: DateTime<Utc>) -> i64 {
+    fn live_tokens(&self, now: DateTime<Utc>) -> Tokens {
         self.spendable
             .iter()
             .filter(|l| rules::lot_is_live(l.remaining, l.expires_at, now))
@@ -214,10 +215,10 @@ impl AccountLots {
     }
 
     /// Rule 14's threshold for the account at `now`.
-    fn threshold(&self, account: &account::Model, now: DateTime<Utc>) -> i64 {
+    fn threshold(&self, account: &account::Model, now: DateTime<Utc>) -> Tokens {
         rules::low_balance_threshold(
-            account.low_balance_threshold,
-            self.lots
+            account.low_balance_threshold.map(Tokens),
+            self.spendable
                 .iter()
                 .filter(|l| rules::lot_is_unexpired(l.expires_at, now))
                 .map(|l| l.quantity)
@@ -226,7 +227,7 @@ impl AccountLots {
     }
 
     /// The daily rate drawn in burn order, or `None` if the live lots hold too little.
-    fn draw(&mut self, tokens: i64, now: DateTime<Utc>) -> Result<Option<Vec<rules::Draw>>> {
+    fn draw(&mut self, tokens: Tokens, now: DateTime<Utc>) -> Result<Option<Vec<rules::Draw>>> {
         let Some(draws) = rules::allocate_from_lots(&self.spendable, tokens, now) else {
             return Ok(None);
         };
@@ -246,8 +247,8 @@ impl AccountLots {
         self.lots.iter().filter_map(|before| {
             let after = self.spendable.iter().find(|l| l.id == before.id)?;
             (after.remaining != before.remaining).then_some(DrawnLot {
-                lot_id: before.id,
-                before: before.remaining,
+                lot_id: after.id,
+                before: Tokens(before.remaining),
                 after: after.remaining,
             })
         })
@@ -318,7 +319,7 @@ mod tests {
                 .into_iter()
                 .map(|decision| Decided {
                     decision,
-                    rate: 10,
+                    rate: Tokens(10),
                     plan_level: PlanLevel::Standard,
                 })
                 .collect(),
@@ -342,7 +343,7 @@ mod tests {
         else {
             panic!("the first open charges: {:?}", planned[0]);
         };
-        assert_eq!((*tokens, *balance_before), (10, 100));
+        assert_eq!((*tokens, *balance_before), (Tokens(10), Tokens(100)));
         assert_eq!(*window_ends_at, at(24));
         assert_eq!(planned[0].balance_after, 90);
         assert_eq!(planned[1].plan, Planned::Reopen(at(24)));
@@ -350,9 +351,9 @@ mod tests {
         assert_eq!(
             held.drawn(),
             vec![DrawnLot {
-                lot_id: 1,
-                before: 100,
-                after: 90
+                lot_id: LotId(1),
+                before: Tokens(100),
+                after: Tokens(90)
             }]
         );
     }
@@ -367,10 +368,13 @@ mod tests {
         let Planned::Charge { draws, .. } = &planned[0].plan else {
             panic!("the first open charges: {:?}", planned[0]);
         };
-        let order: Vec<(i32, i64)> = draws.iter().map(|d| (d.lot_id, d.tokens)).collect();
+        let order: Vec<(i32, i64)> = draws
+            .iter()
+            .map(|d| (d.lot_id.get(), d.tokens.get()))
+            .collect();
         assert_eq!(order, vec![(2, 5), (1, 5)]);
         assert_eq!(
-            draws.iter().map(|d| d.cost_minor).sum::<i64>(),
+            draws.iter().map(|d| d.cost_minor).sum::<MinorUnits>(),
             5 * 102 + 5 * 101
         );
         assert_eq!(
@@ -435,6 +439,6 @@ mod tests {
         let Planned::Charge { threshold, .. } = planned[0].plan else {
             panic!("the open charges: {:?}", planned[0]);
         };
-        assert_eq!(threshold, rules::low_balance_threshold(None, 150));
+        assert_eq!(threshold, rules::low_balance_threshold(None, Tokens(150)));
     }
 }

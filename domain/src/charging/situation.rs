@@ -6,6 +6,7 @@ use crate::error::{DomainError, Result};
 use crate::kinds::PlanLevel;
 use crate::rules;
 use crate::store::{BatchFuture, Db};
+use crate::units::Tokens;
 use chrono::{DateTime, Utc};
 use daypass_entity::{product, user};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, IdenStatic, Iterable, Statement};
@@ -26,7 +27,7 @@ pub(super) struct Situation {
     /// Rule 9: the user holds a seat of a subscription to the product active at `now`.
     pub(super) has_seat: bool,
     /// Rule 6 at `now`: tokens left in live lots.
-    pub(super) balance: i64,
+    pub(super) balance: Tokens,
     /// Rule 13 at `now`.
     pub(super) plan_level: PlanLevel,
 }
@@ -170,7 +171,7 @@ pub(super) async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> 
             user_list_has_product: row.try_get("", "user_lists")?,
             window_ends_at: row.try_get("", "window_ends_at")?,
             has_seat: row.try_get::<i64>("", "seats")? > 0,
-            balance: row.try_get("", "balance")?,
+            balance: Tokens(row.try_get("", "balance")?),
             plan_level: rules::plan_level_of(held),
         };
         let slot = usize::try_from(i)

@@ -12,6 +12,7 @@ use crate::kinds::{DenyReason, LedgerKind, LotStatus};
 use crate::notifications;
 use crate::store::balance_feed::announce_balance_changes;
 use crate::store::{Db, WriteTx};
+use crate::units::{ChargeId, MinorUnits, Tokens};
 use chrono::{DateTime, Utc};
 use daypass_entity::{charge, ledger_entry, lot, open, window};
 use sea_orm::{
@@ -96,7 +97,7 @@ async fn read_under_locks(
         decided.push(Decided {
             decision,
             // The daily rate as the catalog has it now.
-            rate: product.map_or(item.product.daily_rate, |p| p.daily_rate),
+            rate: Tokens(product.map_or(item.product.daily_rate, |p| p.daily_rate)),
             plan_level: situation.plan_level,
         });
     }
@@ -111,12 +112,12 @@ async fn read_under_locks(
 /// The charges a batch wrote: each one's id by (user, product), and the accounts
 /// whose balance moved.
 struct Charges {
-    ids: HashMap<(i32, i32), i32>,
+    ids: HashMap<(i32, i32), ChargeId>,
     accounts: Vec<i32>,
 }
 
 impl Charges {
-    fn of(&self, item: &ChargeRequest) -> Result<i32> {
+    fn of(&self, item: &ChargeRequest) -> Result<ChargeId> {
         self.ids
             .get(&(item.record.user_id, item.product.id))
             .copied()
@@ -144,8 +145,8 @@ async fn write_charges(
                 user_id: Set(item.record.user_id),
                 product_id: Set(item.product.id),
                 version: Set(item.record.version.clone()),
-                tokens: Set(*tokens),
-                cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum()),
+                tokens: Set(tokens.get()),
+                cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum::<MinorUnits>().get()),
                 window_starts_at: Set(item.record.now),
                 window_ends_at: Set(*window_ends_at),
                 ..Default::default()
@@ -161,7 +162,7 @@ async fn write_charges(
     Ok(Charges {
         ids: written
             .iter()
-            .map(|c| ((c.user_id, c.product_id), c.id))
+            .map(|c| ((c.user_id, c.product_id), ChargeId(c.id)))
             .collect(),
         accounts,
     })
@@ -189,16 +190,16 @@ async fn write_ledger_and_windows(
         entries.extend(draws.iter().map(|draw| ledger_entry::ActiveModel {
             account_id: Set(item.record.account_id),
             kind: Set(LedgerKind::Charge.as_str().to_owned()),
-            tokens: Set(-draw.tokens),
-            lot_id: Set(draw.lot_id),
-            charge_id: Set(Some(charge_id)),
+            tokens: Set(-draw.tokens.get()),
+            lot_id: Set(draw.lot_id.get()),
+            charge_id: Set(Some(charge_id.get())),
             at: Set(item.record.now),
             ..Default::default()
         }));
         moved.push(window::ActiveModel {
             user_id: Set(item.record.user_id),
             product_id: Set(item.product.id),
-            charge_id: Set(charge_id),
+            charge_id: Set(charge_id.get()),
             starts_at: Set(item.record.now),
             ends_at: Set(*window_ends_at),
         });
@@ -300,9 +301,9 @@ async fn draw_from_lots(tx: &WriteTx, drawn: &[DrawnLot]) -> Result<()> {
             LotStatus::Active
         };
         values.extend([
-            lot_id.into(),
-            before.into(),
-            after.into(),
+            lot_id.get().into(),
+            before.get().into(),
+            after.get().into(),
             status.as_str().into(),
         ]);
     }
