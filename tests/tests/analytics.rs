@@ -1,9 +1,9 @@
 //! Reports through the real binary: `usageReport`, `spending`, `forecast` over GraphQL
 //! and the CSV export, with the roles of rule 19, before and after the rollup job.
 
-use daypass_tests::TestServer;
 use daypass_tests::json::{id, int};
 use daypass_tests::server::OPERATOR_KEY;
+use daypass_tests::{Api, TestServer};
 use serde_json::{Value, json};
 
 const OP: Option<&str> = Some(OPERATOR_KEY);

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use daypass_tests::server::{OPERATOR_KEY, daypass_binary};
-use daypass_tests::{TestDb, TestServer};
+use daypass_tests::{Api, TestDb, TestServer};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 

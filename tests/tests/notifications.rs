@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration as Hours, Timelike, Utc};
 use daypass_tests::cluster::{REDIS_ADDR, redis_delete_prefix, redis_ping};
 use daypass_tests::server::{OPERATOR_KEY, TestWorker, unique_queue_name};
 use daypass_tests::smtp::{ReceivedMail, SmtpServer, mail_files};
-use daypass_tests::{TestServer, create_postgres_database, require, target_database};
+use daypass_tests::{Api, TestServer, create_postgres_database, require, target_database};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
