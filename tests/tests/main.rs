@@ -8,6 +8,7 @@ mod console;
 mod crashes;
 mod docker;
 mod e2e;
+mod harness;
 mod hostile;
 mod invariants;
 mod live;
