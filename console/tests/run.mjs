@@ -1,6 +1,6 @@
 // Browser tests of the console: Debian's Chromium, headless, driven by playwright-core
-// against the real daypass binary. tests/tests/console.rs starts the server, seeds it
-// over GraphQL and runs this file with the seed in DAYPASS_CONSOLE_SEED (JSON):
+// against the real daypass binary. tests/tests/processes/console.rs starts the server,
+// seeds it over GraphQL and runs this file with the seed in DAYPASS_CONSOLE_SEED (JSON):
 //   { url, adminKey, analystKey, memberKey, operatorKey, now, expect: {...}, users: {...} }
 // Screenshots go to DAYPASS_CONSOLE_SCREENSHOTS (printed at the start and the end).
 // Every page the story visits is also checked with axe-core against WCAG 2.0/2.1 A
@@ -13,7 +13,7 @@ import { join } from "node:path";
 
 const seed = JSON.parse(process.env.DAYPASS_CONSOLE_SEED || "null");
 if (!seed) {
-  console.error("DAYPASS_CONSOLE_SEED is not set: run this through `cargo test -p daypass-tests --test main console`");
+  console.error("DAYPASS_CONSOLE_SEED is not set: run this through `cargo test -p daypass-tests --test processes console`");
   process.exit(2);
 }
 const SHOTS = process.env.DAYPASS_CONSOLE_SCREENSHOTS || join(process.cwd(), "screenshots");

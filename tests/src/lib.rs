@@ -1,6 +1,7 @@
 //! The test harness: a fresh database per test (SQLite file by default, PostgreSQL
-//! when `DAYPASS_TEST_DATABASE` names a server), fixtures over the domain, and the
-//! real `daypass` binary started on a free port.
+//! when `DAYPASS_TEST_DATABASE` names a server), fixtures over the domain, the
+//! application in process ([`TestApp`]) and the real `daypass` binary started on a
+//! free port ([`TestServer`]), both called through [`Api`].
 
 use chrono::{DateTime, Utc};
 use daypass_domain::{
@@ -14,6 +15,8 @@ use daypass_domain::{
 use sea_orm::{ConnectionTrait, Database};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod api;
+pub mod app;
 pub mod cluster;
 pub mod generate;
 pub mod json;
@@ -23,6 +26,8 @@ pub mod server;
 pub mod smtp;
 pub mod ws;
 
+pub use api::Api;
+pub use app::TestApp;
 pub use server::TestServer;
 
 /// A fresh, migrated database for one test.

@@ -1,6 +1,6 @@
 //! The real `daypass` binary, started on a free port for end-to-end tests.
 
-use crate::TestDb;
+use crate::{Api, TestDb};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -216,72 +216,6 @@ impl TestServer {
         }
     }
 
-    /// POSTs a GraphQL document; returns the whole JSON response.
-    pub async fn gql(&self, key: Option<&str>, query: &str, variables: Value) -> Value {
-        let mut req = self
-            .client
-            .post(format!("{}/graphql", self.base_url))
-            .json(&json!({"query": query, "variables": variables}));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.expect("POST /graphql");
-        resp.json().await.expect("JSON response")
-    }
-
-    /// Like [`gql`](Self::gql) but panics on errors and returns `data`.
-    pub async fn ok(&self, key: Option<&str>, query: &str, variables: Value) -> Value {
-        let resp = self.gql(key, query, variables).await;
-        assert!(resp.get("errors").is_none(), "unexpected errors: {resp:#}");
-        resp["data"].clone()
-    }
-
-    /// The `extensions.code` of the first error.
-    pub async fn error_code(&self, key: Option<&str>, query: &str, variables: Value) -> String {
-        let resp = self.gql(key, query, variables).await;
-        resp["errors"][0]["extensions"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("expected an error: {resp:#}"))
-            .to_owned()
-    }
-
-    /// The operator adds (or changes) a catalog product; returns its id.
-    pub async fn upsert_product(&self, code: &str, daily_rate: i64) -> String {
-        let d = self
-            .ok(
-                Some(OPERATOR_KEY),
-                "mutation($c: String!, $r: Int!) {
-                   upsertProduct(input: {code: $c, name: $c, dailyRate: $r}) { id }
-                 }",
-                json!({"c": code, "r": daily_rate}),
-            )
-            .await;
-        crate::json::id(&d["upsertProduct"]["id"])
-    }
-
-    /// An admin adds a user; returns (user id, api key).
-    pub async fn create_user(
-        &self,
-        admin: &str,
-        email: &str,
-        name: &str,
-        role: &str,
-    ) -> (String, String) {
-        let d = self
-            .ok(
-                Some(admin),
-                "mutation($e: String!, $n: String!, $r: Role!) {
-                   createUser(input: {email: $e, name: $n, role: $r}) { user { id } apiKey }
-                 }",
-                json!({"e": email, "n": name, "r": role}),
-            )
-            .await;
-        (
-            crate::json::id(&d["createUser"]["user"]["id"]),
-            crate::json::id(&d["createUser"]["apiKey"]),
-        )
-    }
-
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
@@ -382,6 +316,21 @@ impl TestWorker {
 impl Drop for TestWorker {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A POST to `/graphql`, as a client sends it.
+impl Api for TestServer {
+    async fn gql(&self, key: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut req = self
+            .client
+            .post(format!("{}/graphql", self.base_url))
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.expect("POST /graphql");
+        resp.json().await.expect("JSON response")
     }
 }
 

@@ -1,9 +1,10 @@
-//! Reports through the real binary: `usageReport`, `spending`, `forecast` over GraphQL
-//! and the CSV export, with the roles of rule 19, before and after the rollup job.
+//! Reports over GraphQL: `usageReport`, `spending` and `forecast` with the roles of
+//! rule 19, in process ([`TestApp`]); the CSV export over HTTP on the real binary.
+//! Before and after the rollup job.
 
-use daypass_tests::TestServer;
 use daypass_tests::json::{id, int};
 use daypass_tests::server::OPERATOR_KEY;
+use daypass_tests::{Api, TestApp, TestServer};
 use serde_json::{Value, json};
 
 const OP: Option<&str> = Some(OPERATOR_KEY);
@@ -18,8 +19,9 @@ const REPORT: &str = "query($from: Date!, $to: Date!, $g: [ReportDimension!]!, $
   } }
 }";
 
-struct Story {
-    s: TestServer,
+/// The accounts, keys and days [`story`] left on `s`.
+struct Story<S> {
+    s: S,
     account_id: String,
     admin: String,
     admin_id: String,
@@ -31,7 +33,7 @@ struct Story {
     last_day: String,
 }
 
-async fn create_account(s: &TestServer, name: &str) -> (String, String, String) {
+async fn create_account(s: &impl Api, name: &str) -> (String, String, String) {
     let d = s
         .ok(
             OP,
@@ -51,7 +53,7 @@ async fn create_account(s: &TestServer, name: &str) -> (String, String, String) 
     )
 }
 
-async fn open(s: &TestServer, key: &str, code: &str) -> Value {
+async fn open(s: &impl Api, key: &str, code: &str) -> Value {
     let d = s
         .ok(
             Some(key),
@@ -62,7 +64,7 @@ async fn open(s: &TestServer, key: &str, code: &str) -> Value {
     d["openProduct"].clone()
 }
 
-async fn advance(s: &TestServer, hours: i64) -> String {
+async fn advance(s: &impl Api, hours: i64) -> String {
     let d = s
         .ok(
             OP,
@@ -73,15 +75,15 @@ async fn advance(s: &TestServer, hours: i64) -> String {
     d["advanceClock"].as_str().unwrap()[..10].to_owned()
 }
 
-async fn report(s: &TestServer, key: &str, vars: Value) -> Vec<Value> {
+async fn report(s: &impl Api, key: &str, vars: Value) -> Vec<Value> {
     let d = s.ok(Some(key), REPORT, vars).await;
     d["account"]["usageReport"].as_array().unwrap().clone()
 }
 
-/// Three days of usage: an admin and a member on two products (one with an awkward
-/// name), a reopen inside the window, a denial for an unknown code.
-async fn story() -> Story {
-    let s = TestServer::start_with(&[("DAYPASS_TEST_CLOCK", "1")]).await;
+/// Three days of usage on `s` (its test clock on): an admin and a member on two
+/// products (one with an awkward name), a reopen inside the window, a denial for an
+/// unknown code.
+async fn story<S: Api>(s: S) -> Story<S> {
     let (account_id, admin_id, admin) = create_account(&s, "Analytica").await;
     let (_, _, other_admin) = create_account(&s, "Elsewhere").await;
     let (member_id, member) = s
@@ -166,7 +168,7 @@ fn sum(rows: &[Value], field: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_over_graphql_follow_the_ledger_and_the_roles() {
-    let st = story().await;
+    let st = story(TestApp::start().await).await;
     let s = &st.s;
     let range = |g: Value| json!({"from": st.first_day, "to": st.last_day, "g": g});
 
@@ -303,7 +305,7 @@ async fn reports_over_graphql_follow_the_ledger_and_the_roles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forecast_and_advice_over_graphql() {
-    let st = story().await;
+    let st = story(TestApp::start().await).await;
     let s = &st.s;
     let q = "query($h: Int!) { account { balance forecast(horizonDays: $h) {
         horizonDays expectedTokens balance shortfall
@@ -359,7 +361,7 @@ async fn forecast_and_advice_over_graphql() {
 /// export take the same range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_time_reports_answer_the_days_that_hold_data() {
-    let st = story().await;
+    let st = story(TestServer::start().await).await;
     let s = &st.s;
     let all_time = |g: Value| json!({"from": "2000-01-01", "to": "2100-12-31", "g": g});
     let exact = |g: Value| json!({"from": st.first_day, "to": st.last_day, "g": g});
@@ -467,7 +469,7 @@ fn error_code_of(body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_csv_is_rfc4180_and_matches_the_report() {
-    let st = story().await;
+    let st = story(TestServer::start().await).await;
     let s = &st.s;
     let range = format!("from={}&to={}", st.first_day, st.last_day);
     let (status, ctype, body) = get_csv(s, Some(&st.admin), &range).await;

@@ -1,9 +1,12 @@
-//! End to end: the real `daypass` binary over HTTP only — the contract's roles,
-//! errors, limits, pagination, health endpoints and the CLI.
+//! End to end through GraphQL: the contract's roles, errors, limits and pagination
+//! in process ([`TestApp`]: the schema and state `daypass serve` runs, through its
+//! request function); what needs HTTP, the binary or a second process (hostile
+//! bodies, health endpoints, the CLI, revocation across processes, the rate over
+//! WebSocket) on the real `daypass` binary.
 
 use chrono::{DateTime, Duration, Utc};
 use daypass_tests::server::{OPERATOR_KEY, daypass_binary};
-use daypass_tests::{TestDb, TestServer};
+use daypass_tests::{Api, TestApp, TestDb, TestServer};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
@@ -18,7 +21,7 @@ const OPEN: &str = "mutation($code: String!, $v: String) {
 use daypass_tests::json::{at, id, int};
 
 /// Opens `code` as the holder of `key`; the answer is data, never an error.
-async fn open(s: &TestServer, key: &str, code: &str, version: Option<&str>) -> Value {
+async fn open(s: &impl Api, key: &str, code: &str, version: Option<&str>) -> Value {
     let resp = s
         .gql(Some(key), OPEN, json!({"code": code, "v": version}))
         .await;
@@ -36,7 +39,7 @@ fn assert_denied(r: &Value, reason: &str) {
     assert!(r["source"].is_null(), "{r:#}");
 }
 
-async fn upsert_product(s: &TestServer, code: &str, daily_rate: i64) -> String {
+async fn upsert_product(s: &impl Api, code: &str, daily_rate: i64) -> String {
     let d = s
         .ok(
             OP,
@@ -52,7 +55,7 @@ async fn upsert_product(s: &TestServer, code: &str, daily_rate: i64) -> String {
 }
 
 /// Operator creates an account; returns (account id, admin id, admin key).
-async fn create_account(s: &TestServer, name: &str) -> (String, String, String) {
+async fn create_account(s: &impl Api, name: &str) -> (String, String, String) {
     let d = s
         .ok(
             OP,
@@ -75,7 +78,7 @@ async fn create_account(s: &TestServer, name: &str) -> (String, String, String) 
 }
 
 /// Admin creates a user; returns (user id, api key).
-async fn create_user(s: &TestServer, admin: &str, email: &str, role: &str) -> (String, String) {
+async fn create_user(s: &impl Api, admin: &str, email: &str, role: &str) -> (String, String) {
     let d = s
         .ok(
             Some(admin),
@@ -92,18 +95,18 @@ async fn create_user(s: &TestServer, admin: &str, email: &str, role: &str) -> (S
     (id(&c["user"]["id"]), id(&c["apiKey"]))
 }
 
-async fn balance(s: &TestServer, key: &str) -> i64 {
+async fn balance(s: &impl Api, key: &str) -> i64 {
     int(&s.ok(Some(key), "{ account { balance } }", json!({})).await["account"]["balance"])
 }
 
 /// The server's current instant (advancing the test clock by nothing).
-async fn server_now(s: &TestServer) -> DateTime<Utc> {
+async fn server_now(s: &impl Api) -> DateTime<Utc> {
     at(&s
         .ok(OP, "mutation { advanceClock(hours: 0) }", json!({}))
         .await["advanceClock"])
 }
 
-async fn advance(s: &TestServer, hours: i64) -> DateTime<Utc> {
+async fn advance(s: &impl Api, hours: i64) -> DateTime<Utc> {
     let d = s
         .ok(
             OP,
@@ -133,9 +136,8 @@ fn nodes(conn: &Value) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_member_analyst_story() {
-    // External workers: the expiry sweep runs only when the test asks for it.
-    let s = TestServer::start_with(&[("DAYPASS_TEST_CLOCK", "1"), ("DAYPASS_WORKERS", "external")])
-        .await;
+    // No worker runs in process: the expiry sweep runs only when the test asks for it.
+    let s = TestApp::start().await;
 
     // The operator builds the catalog and an account.
     let cad = upsert_product(&s, "cad", 7).await;
@@ -585,7 +587,7 @@ async fn admin_member_analyst_story() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_codes_follow_the_contract() {
-    let s = TestServer::start().await;
+    let s = TestApp::start().await;
     upsert_product(&s, "cad", 7).await;
     let (_a, _admin_a_id, admin_a) = create_account(&s, "Alpha").await;
     let (b, _admin_b_id, _admin_b) = create_account(&s, "Beta").await;
@@ -735,7 +737,7 @@ async fn without_the_test_clock_its_mutations_do_not_exist() {
             .collect()
     };
 
-    let plain = TestServer::start_with(&[]).await;
+    let plain = TestApp::start_with(&[]).await;
     let fields = names(&plain.ok(OP, mutation_fields, json!({})).await);
     assert!(fields.contains("openProduct") && fields.contains("purchaseTokens"));
     assert!(!fields.contains("advanceClock"), "{fields:?}");
@@ -752,7 +754,7 @@ async fn without_the_test_clock_its_mutations_do_not_exist() {
         assert!(resp["data"].is_null(), "{q} did not run: {resp:#}");
     }
 
-    let clocked = TestServer::start().await;
+    let clocked = TestApp::start().await;
     let fields = names(&clocked.ok(OP, mutation_fields, json!({})).await);
     assert!(fields.contains("advanceClock") && fields.contains("runMaintenance"));
     // Even there, only the operator moves the clock.
@@ -918,7 +920,7 @@ async fn hostile_queries_are_refused_and_the_server_keeps_answering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_page_through_with_cursors() {
-    let s = TestServer::start().await;
+    let s = TestApp::start().await;
     let (_a, admin_id, admin) = create_account(&s, "Pages").await;
     let admin = admin.as_str();
     let mut expected = BTreeSet::from([admin_id]);
@@ -1104,7 +1106,7 @@ async fn a_deactivated_user_loses_access_in_every_process_within_five_seconds() 
 /// and other keys go on.
 #[tokio::test]
 async fn mutations_past_the_per_key_rate_are_refused_and_change_nothing() {
-    let s = TestServer::start_with(&[
+    let s = TestApp::start_with(&[
         ("DAYPASS_MUTATION_RATE", "4"),
         ("DAYPASS_ENV", "production"),
     ])

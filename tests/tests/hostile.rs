@@ -5,10 +5,10 @@
 //! resolver.
 
 use daypass_domain::Db;
-use daypass_tests::TestServer;
 use daypass_tests::json::id;
 use daypass_tests::server::OPERATOR_KEY;
 use daypass_tests::ws::WsClient;
+use daypass_tests::{Api, TestServer};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 use daypass_tests::json::{at, id, int};
 use daypass_tests::server::OPERATOR_KEY;
 use daypass_tests::ws::{Incoming, Protocol, WsClient, is_refusal};
-use daypass_tests::{TestDb, TestServer};
+use daypass_tests::{Api, TestDb, TestServer};
 use serde_json::{Value, json};
 
 const OP: Option<&str> = Some(OPERATOR_KEY);

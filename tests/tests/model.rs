@@ -19,10 +19,10 @@
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use daypass_domain::Db;
-use daypass_tests::TestServer;
 use daypass_tests::json::{at, id, int};
 use daypass_tests::ledger::{check_ledger, count};
 use daypass_tests::server::OPERATOR_KEY;
+use daypass_tests::{Api, TestServer};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,12 +1,14 @@
-//! Rules 14 and 15 through the real binaries over HTTP: low-balance, tokens-exhausted
-//! and expiry-reminder e-mails, on a real SMTP server or as `.eml` files; retries,
-//! dead letters, a worker killed mid-send, graceful shutdown, and two sweepers at once.
+//! Rules 14 and 15 over GraphQL. In process ([`TestApp`], the jobs run by
+//! `runMaintenance`, the e-mails on a real SMTP server): what causes a low-balance,
+//! tokens-exhausted or expiry-reminder e-mail and what does not, retries and dead
+//! letters. On the real binaries: the job queue's consumers on each backend, `.eml`
+//! files, a worker killed mid-send, graceful shutdown, and two sweepers at once.
 
 use chrono::{DateTime, Duration as Hours, Timelike, Utc};
 use daypass_tests::cluster::{REDIS_ADDR, redis_delete_prefix, redis_ping};
 use daypass_tests::server::{OPERATOR_KEY, TestWorker, unique_queue_name};
 use daypass_tests::smtp::{ReceivedMail, SmtpServer, mail_files};
-use daypass_tests::{TestServer, create_postgres_database, require, target_database};
+use daypass_tests::{Api, TestApp, TestServer, create_postgres_database, require, target_database};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,7 +35,7 @@ struct Acct {
     admin_email: String,
 }
 
-async fn create_account(s: &TestServer, name: &str) -> Acct {
+async fn create_account(s: &impl Api, name: &str) -> Acct {
     let email = format!("first-admin@{}.test", name.to_lowercase().replace(' ', "-"));
     let d = s
         .ok(
@@ -54,7 +56,7 @@ async fn create_account(s: &TestServer, name: &str) -> Acct {
 }
 
 /// `n` pay-as-you-go members of the account; returns their keys.
-async fn members(s: &TestServer, acct: &Acct, tag: &str, n: usize) -> Vec<String> {
+async fn members(s: &impl Api, acct: &Acct, tag: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     let mut keys = Vec::new();
     for i in 0..n {
@@ -73,7 +75,7 @@ async fn members(s: &TestServer, acct: &Acct, tag: &str, n: usize) -> Vec<String
 }
 
 /// A self-service purchase by the account's admin.
-async fn buy(s: &TestServer, admin: &str, quantity: i64) {
+async fn buy(s: &impl Api, admin: &str, quantity: i64) {
     s.ok(
         Some(admin),
         "mutation($q: Int!, $k: String!) {
@@ -87,7 +89,7 @@ async fn buy(s: &TestServer, admin: &str, quantity: i64) {
 /// An operator purchase for `account`, possibly recorded in the past; returns the lot
 /// (id quantity expiresAt).
 async fn op_buy(
-    s: &TestServer,
+    s: &impl Api,
     account: &str,
     quantity: i64,
     purchased_at: Option<DateTime<Utc>>,
@@ -111,7 +113,7 @@ async fn op_buy(
     d["purchaseTokens"].clone()
 }
 
-async fn set_threshold(s: &TestServer, admin: &str, tokens: i64) {
+async fn set_threshold(s: &impl Api, admin: &str, tokens: i64) {
     let d = s
         .ok(
             Some(admin),
@@ -126,7 +128,7 @@ async fn set_threshold(s: &TestServer, admin: &str, tokens: i64) {
 }
 
 /// Opens `code` as the holder of `key`; the answer is data, never an error.
-async fn open(s: &TestServer, key: &str, code: &str) -> Value {
+async fn open(s: &impl Api, key: &str, code: &str) -> Value {
     let resp = s
         .gql(
             Some(key),
@@ -141,21 +143,21 @@ async fn open(s: &TestServer, key: &str, code: &str) -> Value {
 }
 
 /// Opens and expects a charge; returns the balance after it.
-async fn charge(s: &TestServer, key: &str, code: &str) -> i64 {
+async fn charge(s: &impl Api, key: &str, code: &str) -> i64 {
     let r = open(s, key, code).await;
     assert_eq!(r["granted"], true, "{r:#}");
     assert!(int(&r["tokensCharged"]) > 0, "{r:#}");
     int(&r["balance"])
 }
 
-async fn deny(s: &TestServer, key: &str, code: &str) {
+async fn deny(s: &impl Api, key: &str, code: &str) {
     let r = open(s, key, code).await;
     assert_eq!(r["granted"], false, "{r:#}");
     assert_eq!(r["denyReason"], "INSUFFICIENT_TOKENS", "{r:#}");
 }
 
 /// The account's notifications, oldest first.
-async fn notifications(s: &TestServer, account: &str) -> Vec<Value> {
+async fn notifications(s: &impl Api, account: &str) -> Vec<Value> {
     let d = s
         .ok(
             OP,
@@ -170,7 +172,7 @@ async fn notifications(s: &TestServer, account: &str) -> Vec<Value> {
     list
 }
 
-async fn of_kind(s: &TestServer, account: &str, kind: &str) -> Vec<Value> {
+async fn of_kind(s: &impl Api, account: &str, kind: &str) -> Vec<Value> {
     notifications(s, account)
         .await
         .into_iter()
@@ -178,12 +180,12 @@ async fn of_kind(s: &TestServer, account: &str, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn run_maintenance(s: &TestServer) {
+async fn run_maintenance(s: &impl Api) {
     let d = s.ok(OP, "mutation { runMaintenance }", json!({})).await;
     assert_eq!(d["runMaintenance"], true);
 }
 
-async fn advance(s: &TestServer, hours: i64) -> DateTime<Utc> {
+async fn advance(s: &impl Api, hours: i64) -> DateTime<Utc> {
     let d = s
         .ok(
             OP,
@@ -195,7 +197,7 @@ async fn advance(s: &TestServer, hours: i64) -> DateTime<Utc> {
 }
 
 /// Polls until every notification of `accounts` is SENT (panics after `timeout`).
-async fn wait_all_sent(s: &TestServer, accounts: &[&str], timeout: Duration) -> Vec<Value> {
+async fn wait_all_sent(s: &impl Api, accounts: &[&str], timeout: Duration) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut all = Vec::new();
@@ -419,28 +421,21 @@ async fn low_balance_email_over_smtp(backend: &str, queue_url: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------
-// 2. What causes an e-mail, and what does not (file mailer, runMaintenance delivers).
+// 2. What causes an e-mail, and what does not (in process, runMaintenance delivers).
 // ---------------------------------------------------------------------------------
 
-/// A server with the test clock, no workers of its own (only `runMaintenance`
-/// delivers) and mail as `.eml` files in `dir`.
-async fn file_mail_server(dir: &std::path::Path) -> TestServer {
-    let queue_name = unique_queue_name("files");
-    let mail_dir = dir.display().to_string();
-    TestServer::start_with(&[
+/// The application in process with the test clock: only `runMaintenance` delivers.
+async fn mail_app() -> TestApp {
+    TestApp::start_with(&[
         ("DAYPASS_TEST_CLOCK", "1"),
-        ("DAYPASS_WORKERS", "external"),
-        ("DAYPASS_MAIL_DIR", mail_dir.as_str()),
         ("DAYPASS_PUBLIC_URL", PUBLIC_URL),
-        ("DAYPASS_QUEUE_NAME", queue_name.as_str()),
     ])
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_low_balance_email_per_crossing_rearmed_by_purchase() {
-    let mail = tempfile::tempdir().unwrap();
-    let s = file_mail_server(mail.path()).await;
+    let s = mail_app().await;
     s.upsert_product("cad", 10).await;
     let acct = create_account(&s, "Crossings").await;
     let keys = members(&s, &acct, "crossings", 12).await;
@@ -469,10 +464,10 @@ async fn one_low_balance_email_per_crossing_rearmed_by_purchase() {
     run_maintenance(&s).await;
     let low = of_kind(&s, &acct.id, "LOW_BALANCE").await;
     assert_eq!(low[0]["state"], "SENT", "{low:#?}");
-    let files = mail_files(mail.path());
-    assert_eq!(files.len(), 1);
-    assert_eq!(files[0].message_id(), message_id_of(&low[0]));
-    assert!(files[0].text().contains("Balance now: 40 tokens"));
+    let inbox = s.mail();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].message_id(), message_id_of(&low[0]));
+    assert!(inbox[0].text().contains("Balance now: 40 tokens"));
 
     // A purchase that leaves the balance below the threshold does not re-arm it.
     buy(&s, &acct.admin, 20).await; // 40
@@ -488,26 +483,25 @@ async fn one_low_balance_email_per_crossing_rearmed_by_purchase() {
     run_maintenance(&s).await;
     let low = of_kind(&s, &acct.id, "LOW_BALANCE").await;
     assert!(low.iter().all(|n| n["state"] == "SENT"), "{low:#?}");
-    let files = mail_files(mail.path());
-    assert_eq!(files.len(), 2, "one e-mail per crossing");
-    let ids: BTreeSet<String> = files.iter().map(ReceivedMail::message_id).collect();
+    let inbox = s.mail();
+    assert_eq!(inbox.len(), 2, "one e-mail per crossing");
+    let ids: BTreeSet<String> = inbox.iter().map(ReceivedMail::message_id).collect();
     assert_eq!(ids, low.iter().map(message_id_of).collect());
     assert!(
-        files.iter().all(|m| m.to == [acct.admin_email.clone()]),
+        inbox.iter().all(|m| m.to == [acct.admin_email.clone()]),
         "to the admin"
     );
     // The threshold counts as it is when the charge happens.
     set_threshold(&s, &acct.admin, 25).await; // balance 30: above, nothing sent
     run_maintenance(&s).await;
-    assert_eq!(mail_files(mail.path()).len(), 2);
+    assert_eq!(s.mail().len(), 2);
     assert_eq!(charge(&s, &keys[11], "cad").await, 20);
     assert_eq!(of_kind(&s, &acct.id, "LOW_BALANCE").await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_exhausted_at_most_once_per_account_and_utc_day() {
-    let mail = tempfile::tempdir().unwrap();
-    let s = file_mail_server(mail.path()).await;
+    let s = mail_app().await;
     // Two denials must fall on one UTC day.
     let now = advance(&s, 0).await;
     if now.hour() == 23 && now.minute() >= 50 {
@@ -529,7 +523,7 @@ async fn tokens_exhausted_at_most_once_per_account_and_utc_day() {
     deny(&s, &other_keys[0], "cad").await;
     assert_eq!(of_kind(&s, &other.id, "TOKENS_EXHAUSTED").await.len(), 1);
     run_maintenance(&s).await;
-    assert_eq!(mail_files(mail.path()).len(), 2);
+    assert_eq!(s.mail().len(), 2);
 
     advance(&s, 24).await;
     deny(&s, &keys[2], "cad").await;
@@ -539,9 +533,9 @@ async fn tokens_exhausted_at_most_once_per_account_and_utc_day() {
     run_maintenance(&s).await;
     let exhausted = of_kind(&s, &dry.id, "TOKENS_EXHAUSTED").await;
     assert!(exhausted.iter().all(|n| n["state"] == "SENT"));
-    let files = mail_files(mail.path());
-    assert_eq!(files.len(), 3);
-    let dry_mail: Vec<&ReceivedMail> = files
+    let inbox = s.mail();
+    assert_eq!(inbox.len(), 3);
+    let dry_mail: Vec<&ReceivedMail> = inbox
         .iter()
         .filter(|m| m.subject().contains("Dry"))
         .collect();
@@ -557,8 +551,7 @@ async fn tokens_exhausted_at_most_once_per_account_and_utc_day() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_expiry_reminder_per_lot_with_tokens_left() {
-    let mail = tempfile::tempdir().unwrap();
-    let s = file_mail_server(mail.path()).await;
+    let s = mail_app().await;
     s.upsert_product("cad", 10).await;
     let acct = create_account(&s, "Reminders").await;
     let keys = members(&s, &acct, "reminders", 1).await;
@@ -590,10 +583,10 @@ async fn one_expiry_reminder_per_lot_with_tokens_left() {
     assert_eq!(of_kind(&s, &acct.id, "EXPIRY_REMINDER").await.len(), 1);
     assert_eq!(notifications(&s, &acct.id).await.len(), 1);
 
-    let files = mail_files(mail.path());
-    assert_eq!(files.len(), 1);
-    let text = files[0].text();
-    assert!(files[0].subject().contains("100 tokens of Reminders"));
+    let inbox = s.mail();
+    assert_eq!(inbox.len(), 1);
+    let text = inbox[0].text();
+    assert!(inbox[0].subject().contains("100 tokens of Reminders"));
     assert!(
         text.contains(&format!("Lot {kept_id}: 100 tokens left")),
         "{text}"
@@ -610,17 +603,8 @@ async fn one_expiry_reminder_per_lot_with_tokens_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_is_retried_then_delivered_once_or_given_up_after_eight() {
-    let smtp = SmtpServer::start().await;
-    let queue_name = unique_queue_name("retry");
-    let smtp_url = smtp.url();
-    let s = TestServer::start_with(&[
-        ("DAYPASS_TEST_CLOCK", "1"),
-        ("DAYPASS_WORKERS", "external"),
-        ("DAYPASS_SMTP_URL", smtp_url.as_str()),
-        ("DAYPASS_PUBLIC_URL", PUBLIC_URL),
-        ("DAYPASS_QUEUE_NAME", queue_name.as_str()),
-    ])
-    .await;
+    let s = mail_app().await;
+    let smtp = s.mail_server();
     s.upsert_product("cad", 10).await;
     let acct = create_account(&s, "Outage").await;
     let keys = members(&s, &acct, "outage", 1).await;

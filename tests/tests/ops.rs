@@ -3,7 +3,7 @@
 //! in-flight requests on SIGTERM.
 
 use daypass_tests::server::{OPERATOR_KEY, TestWorker, sigterm, unique_queue_name};
-use daypass_tests::{TestDb, TestServer};
+use daypass_tests::{Api, TestDb, TestServer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -325,8 +325,8 @@ async fn a_generated_year_keeps_the_ledger_and_its_reports_agree() {
 /// day), charges commit meanwhile, and the reports equal the raw opens afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_binary_rolls_a_busy_day_up_in_short_transactions() {
-    use daypass_tests::TestServer;
     use daypass_tests::server::OPERATOR_KEY;
+    use daypass_tests::{Api, TestServer};
     use serde_json::json;
 
     let (url, _dir) = TestDb::fresh_url().await;

@@ -4,7 +4,7 @@
 //!
 //! `DAYPASS_TEST_RELEASE=1 cargo run --release -p daypass-tests --bin open-latency [N]`
 
-use daypass_tests::{TestServer, server::OPERATOR_KEY};
+use daypass_tests::{Api, TestServer, server::OPERATOR_KEY};
 use serde_json::json;
 use std::time::{Duration, Instant};
 

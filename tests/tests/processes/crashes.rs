@@ -11,7 +11,7 @@ use daypass_domain::Db;
 use daypass_tests::json::{at, id, int};
 use daypass_tests::ledger::{check_ledger, rows};
 use daypass_tests::server::OPERATOR_KEY;
-use daypass_tests::{TestDb, TestServer};
+use daypass_tests::{Api, TestDb, TestServer};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

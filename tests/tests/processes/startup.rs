@@ -2,7 +2,7 @@
 //! migrate it (one at a time, the others finding it done) and serve.
 
 use daypass_tests::server::{OPERATOR_KEY, TestWorker};
-use daypass_tests::{TestDb, TestServer};
+use daypass_tests::{Api, TestDb, TestServer};
 use serde_json::json;
 
 /// Three `daypass serve` and two `daypass-worker`, started together on a database

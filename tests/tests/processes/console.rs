@@ -8,7 +8,7 @@ use chrono::Duration;
 use daypass_tests::json::{at, id, int};
 use daypass_tests::server::OPERATOR_KEY;
 use daypass_tests::smtp::SmtpServer;
-use daypass_tests::{TestServer, on_postgres, require};
+use daypass_tests::{Api, TestServer, on_postgres, require};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
