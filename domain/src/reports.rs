@@ -3,6 +3,8 @@
 //!
 //! A report reads the rollups for days up to the watermark and the raw opens after
 //! it (rule 17), so it is exact at any moment and the same before and after a rollup.
+//! A usage report is planned first (which days come from where, which rows and
+//! distinct users to read), without touching a row; then read; then shaped into rows.
 
 use crate::access::Actor;
 use crate::accounts::balance_at;
@@ -12,14 +14,14 @@ use crate::error::{DomainError, Result};
 use crate::kinds::LedgerKind;
 pub use crate::rollups::TimeGrain;
 use crate::rollups::{
-    self, Grain, GroupKey, GroupRow, Grouping, RowFilter, UsageSums, UserCount, UserWindow,
-    coarsen, day_aggregates, day_start, rolled_groups, window_users,
+    self, DayAggregate, Grain, GroupKey, GroupRow, Grouping, RowFilter, UsageSums, UserCount,
+    UserWindow, coarsen, day_aggregates, day_start, rolled_groups, window_users,
 };
 use crate::rules;
 use crate::store::Db;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use daypass_entity::{ledger_entry, lot, product};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The longest horizon a forecast looks ahead. (A report's range is unbounded: it
@@ -78,8 +80,15 @@ pub async fn usage_report(
     db: &Db,
     actor: &Actor,
     account_id: i32,
-    mut query: UsageQuery,
+    query: UsageQuery,
 ) -> Result<Vec<UsageRow>> {
+    let query = query_for_caller(actor, account_id, query)?;
+    usage_rows(db, account_id, &query, Source::Rollups).await
+}
+
+/// `query` as `actor` may ask it: a user it names must be one whose usage the actor
+/// may see; without one, those who do not read the account's books get their own.
+fn query_for_caller(actor: &Actor, account_id: i32, mut query: UsageQuery) -> Result<UsageQuery> {
     match query.user_id {
         Some(user_id) => actor.can_see_usage_of(account_id, user_id)?,
         None => {
@@ -89,7 +98,7 @@ pub async fn usage_report(
             }
         }
     }
-    usage_rows(db, account_id, &query, Source::Rollups).await
+    Ok(query)
 }
 
 /// A usage report of one account, without an access check (callers check).
@@ -103,7 +112,8 @@ pub async fn usage_rows(
 }
 
 /// The usage report; `count_users: false` leaves `distinct_users` 0 where it would
-/// need counting beyond a day (for callers that only sum).
+/// need counting beyond a day (for callers that only sum). Planned from two index
+/// probes, then read, then shaped into rows.
 async fn usage(
     db: &Db,
     account_id: i32,
@@ -115,65 +125,145 @@ async fn usage(
         return Err(DomainError::bad_input("from must not be after to"));
     }
     let conn = db.conn();
-    // Any range is valid, all time included: it is read only where the account has
-    // data, so a century with a week of use costs that week.
-    let (from, to) = match rollups::days_with_usage(conn, account_id).await? {
-        Some((first, last)) => (q.from.max(first), q.to.min(last)),
-        None => (q.from, q.from - Duration::days(1)),
-    };
-    let time = q
-        .group_by
-        .iter()
-        .filter_map(|d| match d {
-            Dimension::Day => Some(TimeGrain::Day),
-            Dimension::Week => Some(TimeGrain::Week),
-            Dimension::Month => Some(TimeGrain::Month),
-            _ => None,
-        })
-        .min();
-    let grouping = Grouping {
-        time,
-        user: q.group_by.contains(&Dimension::User),
-        product: q.group_by.contains(&Dimension::Product),
-    };
-    // A filter reads the finer table that has its column.
-    let grain = Grain {
-        user: grouping.user || q.user_id.is_some(),
-        product: grouping.product || q.product_id.is_some(),
-    };
-    let filter = RowFilter {
-        user_id: q.user_id,
-        product_id: q.product_id,
-    };
-    // Distinct users of a longer period than a day are counted per window; a grain
-    // with the user dimension counts each row's one user directly.
-    let needs_user_sets = count_users && !grain.user && time != Some(TimeGrain::Day);
-    let period_of = |day: NaiveDate| time.map(|t| t.start_of(day));
-
+    let days_with_usage = rollups::days_with_usage(conn, account_id).await?;
     let watermark = match source {
         Source::Rollups => rollups::rolled_through(conn).await?,
         Source::Raw => None,
     };
-    let rolled_end = watermark.map(|w| w.min(to)).filter(|e| *e >= from);
-    let tail_from = rolled_end.map_or(from, |e| e + Duration::days(1));
-
-    let rolled = match rolled_end {
-        Some(end) => rolled_groups(conn, account_id, grain, grouping, from, end, filter).await?,
-        None => Vec::new(),
+    let plan = UsagePlan::new(q, days_with_usage, watermark, count_users);
+    let (groups, tail_users) = read_groups(conn, account_id, &plan).await?;
+    let users = match plan.user_count {
+        Some(want) => read_window_users(conn, account_id, &plan, want, &groups, tail_users).await?,
+        None => WindowUsers::new(),
     };
-    // The raw tail, one day at a time; user sets kept per period for distinct users.
-    let mut tail: BTreeMap<GroupKey, (UsageSums, i64)> = BTreeMap::new();
-    let mut tail_users: HashMap<Option<NaiveDate>, HashSet<(i32, i32)>> = HashMap::new();
-    let mut day = tail_from;
-    while day <= to {
-        let aggregates: Vec<_> = day_aggregates(conn, day, account_id)
-            .await?
+    Ok(shape(&plan, groups, &users))
+}
+
+/// What a usage report reads for the range, grouping and filters asked, decided from
+/// the days the account has usage and the watermark before any row is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UsagePlan {
+    /// The range asked for: a period's window of distinct users stays within it.
+    asked_from: NaiveDate,
+    asked_to: NaiveDate,
+    /// The days read: those asked for from the account's first day with usage to its
+    /// last. None (`to` before `from`) when it has no usage there.
+    from: NaiveDate,
+    to: NaiveDate,
+    grouping: Grouping,
+    /// The daily rows read: a filter reads the finer rows that have its column.
+    grain: Grain,
+    filter: RowFilter,
+    /// Every day through this one is read from the rollups (`None`: raw opens only).
+    watermark: Option<NaiveDate>,
+    /// The last day read from the rollups (from `from`), if any.
+    rolled_end: Option<NaiveDate>,
+    /// The first day read from the raw opens, through `to`.
+    tail_from: NaiveDate,
+    /// Distinct users counted per window, and which: those of periods longer than a
+    /// day at a grain without users (a user's row counts its one user directly).
+    user_count: Option<UserCount>,
+}
+
+impl UsagePlan {
+    fn new(
+        q: &UsageQuery,
+        days_with_usage: Option<(NaiveDate, NaiveDate)>,
+        watermark: Option<NaiveDate>,
+        count_users: bool,
+    ) -> UsagePlan {
+        // Any range is valid, all time included: it is read only where the account has
+        // data, so a century with a week of use costs that week.
+        let (from, to) = match days_with_usage {
+            Some((first, last)) => (q.from.max(first), q.to.min(last)),
+            None => (q.from, q.from - Duration::days(1)),
+        };
+        let time = q
+            .group_by
+            .iter()
+            .filter_map(|d| match d {
+                Dimension::Day => Some(TimeGrain::Day),
+                Dimension::Week => Some(TimeGrain::Week),
+                Dimension::Month => Some(TimeGrain::Month),
+                _ => None,
+            })
+            .min();
+        let grouping = Grouping {
+            time,
+            user: q.group_by.contains(&Dimension::User),
+            product: q.group_by.contains(&Dimension::Product),
+        };
+        let grain = Grain {
+            user: grouping.user || q.user_id.is_some(),
+            product: grouping.product || q.product_id.is_some(),
+        };
+        let needs_user_sets = count_users && !grain.user && time != Some(TimeGrain::Day);
+        let user_count = needs_user_sets.then(|| {
+            if grouping.product || q.product_id.is_some() {
+                UserCount::PerProduct(q.product_id)
+            } else {
+                UserCount::AllProducts
+            }
+        });
+        let rolled_end = watermark.map(|w| w.min(to)).filter(|e| *e >= from);
+        UsagePlan {
+            asked_from: q.from,
+            asked_to: q.to,
+            from,
+            to,
+            grouping,
+            grain,
+            filter: RowFilter {
+                user_id: q.user_id,
+                product_id: q.product_id,
+            },
+            watermark,
+            rolled_end,
+            tail_from: rolled_end.map_or(from, |e| e + Duration::days(1)),
+            user_count,
+        }
+    }
+
+    /// The start of the report's period holding `day` (`None` without a time dimension).
+    fn period_of(&self, day: NaiveDate) -> Option<NaiveDate> {
+        self.grouping.time.map(|t| t.start_of(day))
+    }
+
+    /// The days whose distinct users make up the row of `period`: the period within
+    /// the range asked, or the days read when the report has no time dimension.
+    fn window(&self, period: Option<NaiveDate>) -> UserWindow {
+        match (self.grouping.time, period) {
+            (Some(t), Some(p)) => UserWindow {
+                period: t.period().map(|kind| (kind, p)),
+                start: p.max(self.asked_from),
+                end: t.end_of(p).min(self.asked_to),
+            },
+            _ => UserWindow {
+                period: None,
+                start: self.from,
+                end: self.to,
+            },
+        }
+    }
+
+    /// Adds one raw day's aggregates to the tail: their rows summed per key, and the
+    /// (product, user) pairs of those who opened something, per period, when users are
+    /// counted per window.
+    fn add_tail_day(
+        &self,
+        day: NaiveDate,
+        aggregates: Vec<DayAggregate>,
+        tail: &mut TailGroups,
+        tail_users: &mut TailUsers,
+    ) {
+        let filter = self.filter;
+        let aggregates: Vec<_> = aggregates
             .into_iter()
             .filter(|a| filter.user_id.is_none_or(|u| a.user_id == u))
             .filter(|a| filter.product_id.is_none_or(|p| a.product_id == p))
             .collect();
-        if needs_user_sets {
-            let set = tail_users.entry(period_of(day)).or_default();
+        if self.user_count.is_some() {
+            let set = tail_users.entry(self.period_of(day)).or_default();
             set.extend(
                 aggregates
                     .iter()
@@ -181,62 +271,102 @@ async fn usage(
                     .map(|a| (a.product_id, a.user_id)),
             );
         }
-        for r in coarsen(day, &aggregates, grain) {
+        for r in coarsen(day, &aggregates, self.grain) {
             let key = (
-                period_of(r.day),
-                r.user_id.filter(|_| grouping.user),
-                r.product_id.filter(|_| grouping.product),
+                self.period_of(r.day),
+                r.user_id.filter(|_| self.grouping.user),
+                r.product_id.filter(|_| self.grouping.product),
             );
             let (sums, distinct) = tail.entry(key).or_default();
             *sums += r.sums;
             // By day, each key has one row per day, so the row's own count is exact;
-            // longer periods are counted below.
+            // longer periods are counted per window.
             *distinct += r.distinct_users;
         }
+    }
+}
+
+/// The raw tail's rows per key: sums and the distinct users of one day.
+type TailGroups = BTreeMap<GroupKey, (UsageSums, i64)>;
+
+/// The raw tail's (product, user) pairs of users who opened something, per period.
+type TailUsers = HashMap<Option<NaiveDate>, HashSet<(i32, i32)>>;
+
+/// Distinct users per period, keyed by product (0: any product).
+type WindowUsers = HashMap<Option<NaiveDate>, HashMap<i32, i64>>;
+
+/// The report's groups in key order: the rolled days' from the rollups, the others'
+/// from the raw opens one day at a time; and the tail's users per period.
+async fn read_groups(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    plan: &UsagePlan,
+) -> Result<(Vec<GroupRow>, TailUsers)> {
+    let rolled = match plan.rolled_end {
+        Some(end) => {
+            rolled_groups(
+                conn,
+                account_id,
+                plan.grain,
+                plan.grouping,
+                plan.from,
+                end,
+                plan.filter,
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let mut tail = TailGroups::new();
+    let mut tail_users = TailUsers::new();
+    let mut day = plan.tail_from;
+    while day <= plan.to {
+        let aggregates = day_aggregates(conn, day, account_id).await?;
+        plan.add_tail_day(day, aggregates, &mut tail, &mut tail_users);
         day += Duration::days(1);
     }
-    let mut groups = merge_sorted(rolled, tail);
+    Ok((merge_sorted(rolled, tail), tail_users))
+}
 
-    if needs_user_sets {
-        let want = if grouping.product || q.product_id.is_some() {
-            UserCount::PerProduct(q.product_id)
-        } else {
-            UserCount::AllProducts
-        };
-        // Groups are in key order, so each period's groups are together.
-        let mut periods: Vec<Option<NaiveDate>> = groups.iter().map(|g| g.key.0).collect();
-        periods.dedup();
-        let mut counts: HashMap<Option<NaiveDate>, HashMap<i32, i64>> = HashMap::new();
-        for period in periods {
-            let window = match (time, period) {
-                (Some(t), Some(p)) => UserWindow {
-                    period: t.period().map(|kind| (kind, p)),
-                    start: p.max(q.from),
-                    end: t.end_of(p).min(q.to),
-                },
-                _ => UserWindow {
-                    period: None,
-                    start: from,
-                    end: to,
-                },
-            };
-            let tail = tail_users.remove(&period).unwrap_or_default();
-            counts.insert(
-                period,
-                window_users(conn, account_id, window, watermark, &tail, want).await?,
-            );
-        }
+/// The distinct users (`want`) of the window of each period among `groups`.
+async fn read_window_users(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    plan: &UsagePlan,
+    want: UserCount,
+    groups: &[GroupRow],
+    mut tail_users: TailUsers,
+) -> Result<WindowUsers> {
+    // Groups are in key order, so each period's groups are together.
+    let mut periods: Vec<Option<NaiveDate>> = groups.iter().map(|g| g.key.0).collect();
+    periods.dedup();
+    let mut counts = WindowUsers::new();
+    for period in periods {
+        let tail = tail_users.remove(&period).unwrap_or_default();
+        let window = plan.window(period);
+        counts.insert(
+            period,
+            window_users(conn, account_id, window, plan.watermark, &tail, want).await?,
+        );
+    }
+    Ok(counts)
+}
+
+/// The report's rows from its groups and, where the plan counts them per window, the
+/// distinct users of each period.
+fn shape(plan: &UsagePlan, mut groups: Vec<GroupRow>, users: &WindowUsers) -> Vec<UsageRow> {
+    if let Some(want) = plan.user_count {
         for g in &mut groups {
             let (period, _, product) = g.key;
             let key = match want {
                 UserCount::PerProduct(only) => product.or(only).unwrap_or(0),
                 UserCount::AllProducts => 0,
             };
-            g.distinct_users = counts[&period].get(&key).copied().unwrap_or(0);
+            g.distinct_users = users[&period].get(&key).copied().unwrap_or(0);
         }
     }
-
-    if groups.is_empty() && time.is_none() && !grouping.user && !grouping.product {
+    let grouping = plan.grouping;
+    if groups.is_empty() && grouping.time.is_none() && !grouping.user && !grouping.product {
         // An ungrouped report always has its one row, zero when nothing happened.
         groups.push(GroupRow {
             key: (None, None, None),
@@ -244,7 +374,7 @@ async fn usage(
             distinct_users: 0,
         });
     }
-    Ok(groups
+    groups
         .into_iter()
         .map(
             |GroupRow {
@@ -259,7 +389,7 @@ async fn usage(
                 opens: s.opens,
                 charges: s.charges,
                 denials: s.denials,
-                distinct_users: if grain.user {
+                distinct_users: if plan.grain.user {
                     i64::from(s.counts_user())
                 } else {
                     distinct_users
@@ -267,14 +397,11 @@ async fn usage(
                 cost_minor: s.cost_minor,
             },
         )
-        .collect())
+        .collect()
 }
 
 /// The rolled groups (in key order) and the tail's, one row per key.
-fn merge_sorted(
-    rolled: Vec<GroupRow>,
-    tail: BTreeMap<GroupKey, (UsageSums, i64)>,
-) -> Vec<GroupRow> {
+fn merge_sorted(rolled: Vec<GroupRow>, tail: TailGroups) -> Vec<GroupRow> {
     if tail.is_empty() {
         return rolled;
     }
@@ -512,21 +639,290 @@ pub async fn forecast(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::UserActor;
+    use crate::kinds::Role;
+    use crate::rollups::Period;
 
     fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()
     }
 
+    fn query(from: &str, to: &str, group_by: &[Dimension]) -> UsageQuery {
+        UsageQuery {
+            from: d(from),
+            to: d(to),
+            group_by: group_by.to_vec(),
+            user_id: None,
+            product_id: None,
+        }
+    }
+
+    /// Usage from 2026-02-20 to 2026-03-08.
+    const USAGE: Option<(&str, &str)> = Some(("2026-02-20", "2026-03-08"));
+
+    fn plan(q: &UsageQuery, usage: Option<(&str, &str)>, watermark: Option<&str>) -> UsagePlan {
+        UsagePlan::new(q, usage.map(|(f, l)| (d(f), d(l))), watermark.map(d), true)
+    }
+
+    /// A range of days, first and last included.
+    type Days = Option<(NaiveDate, NaiveDate)>;
+
+    /// The days read from the rollups and from the raw opens.
+    fn sources(p: &UsagePlan) -> (Days, Days) {
+        (
+            p.rolled_end.map(|end| (p.from, end)),
+            (p.tail_from <= p.to).then_some((p.tail_from, p.to)),
+        )
+    }
+
     #[test]
-    fn iso_weeks_start_on_monday_and_months_on_the_first() {
-        // 2026-01-01 is a Thursday; its ISO week starts Monday 2025-12-29.
-        assert_eq!(TimeGrain::Week.start_of(d("2026-01-01")), d("2025-12-29"));
-        assert_eq!(TimeGrain::Week.start_of(d("2026-01-04")), d("2025-12-29"));
-        assert_eq!(TimeGrain::Week.start_of(d("2026-01-05")), d("2026-01-05"));
-        assert_eq!(TimeGrain::Week.end_of(d("2025-12-29")), d("2026-01-04"));
-        assert_eq!(TimeGrain::Month.start_of(d("2028-02-29")), d("2028-02-01"));
-        assert_eq!(TimeGrain::Month.end_of(d("2028-02-01")), d("2028-02-29"));
-        assert_eq!(TimeGrain::Month.end_of(d("2026-12-01")), d("2026-12-31"));
-        assert_eq!(TimeGrain::Day.start_of(d("2026-12-31")), d("2026-12-31"));
+    fn days_through_the_watermark_come_from_the_rollups_the_rest_from_raw_opens() {
+        let q = query("2026-03-01", "2026-03-10", &[Dimension::Day]);
+        let split = plan(&q, USAGE, Some("2026-03-05"));
+        assert_eq!(
+            sources(&split),
+            (
+                Some((d("2026-03-01"), d("2026-03-05"))),
+                Some((d("2026-03-06"), d("2026-03-08")))
+            )
+        );
+        // Rolled before the range begins: all raw.
+        let before = plan(&q, USAGE, Some("2026-02-27"));
+        assert_eq!(
+            sources(&before),
+            (None, Some((d("2026-03-01"), d("2026-03-08"))))
+        );
+        // Rolled past the last day with usage: all rolled.
+        let past = plan(&q, USAGE, Some("2026-03-20"));
+        assert_eq!(
+            sources(&past),
+            (Some((d("2026-03-01"), d("2026-03-08"))), None)
+        );
+        // Never rolled, or a report of the raw opens only: all raw.
+        assert_eq!(
+            sources(&plan(&q, USAGE, None)),
+            (None, Some((d("2026-03-01"), d("2026-03-08"))))
+        );
+        assert_eq!(split.watermark, Some(d("2026-03-05")));
+    }
+
+    #[test]
+    fn an_all_time_range_is_read_only_where_the_account_has_usage() {
+        let all_time = query("0001-01-01", "9999-12-31", &[Dimension::Month]);
+        let p = plan(&all_time, USAGE, Some("2026-03-01"));
+        assert_eq!((p.from, p.to), (d("2026-02-20"), d("2026-03-08")));
+        assert_eq!(
+            sources(&p),
+            (
+                Some((d("2026-02-20"), d("2026-03-01"))),
+                Some((d("2026-03-02"), d("2026-03-08")))
+            )
+        );
+        // A window of distinct users stays within the month and the range asked.
+        assert_eq!(
+            p.window(Some(d("2026-02-01"))),
+            UserWindow {
+                period: Some((Period::Month, d("2026-02-01"))),
+                start: d("2026-02-01"),
+                end: d("2026-02-28"),
+            }
+        );
+        // No usage at all, or none in the range: nothing is read.
+        for p in [
+            plan(&all_time, None, Some("2026-03-01")),
+            plan(
+                &query("2025-01-01", "2025-12-31", &[]),
+                USAGE,
+                Some("2026-03-01"),
+            ),
+        ] {
+            assert!(p.to < p.from);
+            assert_eq!(sources(&p), (None, None));
+        }
+    }
+
+    #[test]
+    fn a_window_is_the_period_within_the_range_asked_or_the_days_read() {
+        let by_week = query("2026-03-04", "2026-03-10", &[Dimension::Week]);
+        let p = plan(&by_week, USAGE, Some("2026-03-05"));
+        // The week of Monday 2026-03-02, from the first day asked.
+        assert_eq!(p.period_of(d("2026-03-06")), Some(d("2026-03-02")));
+        assert_eq!(
+            p.window(Some(d("2026-03-02"))),
+            UserWindow {
+                period: Some((Period::Week, d("2026-03-02"))),
+                start: d("2026-03-04"),
+                end: d("2026-03-08"),
+            }
+        );
+        // The next week ends where the range asked does.
+        assert_eq!(p.window(Some(d("2026-03-09"))).end, d("2026-03-10"));
+        // Without a time dimension, the days read (the range within the usage).
+        let whole = plan(&query("2026-03-04", "2026-03-10", &[]), USAGE, None);
+        assert_eq!(
+            whole.window(None),
+            UserWindow {
+                period: None,
+                start: d("2026-03-04"),
+                end: d("2026-03-08"),
+            }
+        );
+    }
+
+    #[test]
+    fn distinct_users_are_counted_per_window_only_beyond_a_day_and_without_users() {
+        let counted = |group_by: &[Dimension], product_id: Option<i32>, count_users: bool| {
+            let q = UsageQuery {
+                product_id,
+                ..query("2026-03-01", "2026-03-31", group_by)
+            };
+            UsagePlan::new(&q, None, None, count_users).user_count
+        };
+        use Dimension::*;
+        assert_eq!(counted(&[Week], None, true), Some(UserCount::AllProducts));
+        assert_eq!(counted(&[], None, true), Some(UserCount::AllProducts));
+        assert_eq!(
+            counted(&[Month, Product], None, true),
+            Some(UserCount::PerProduct(None))
+        );
+        assert_eq!(
+            counted(&[Week], Some(7), true),
+            Some(UserCount::PerProduct(Some(7)))
+        );
+        // A day's rows carry their own count; a user's row counts its one user.
+        assert_eq!(counted(&[Day, Week], None, true), None);
+        assert_eq!(counted(&[Week, User], None, true), None);
+        // Callers that only sum count nothing.
+        assert_eq!(counted(&[Week], None, false), None);
+    }
+
+    #[test]
+    fn a_filter_reads_the_finer_rows_that_have_its_column() {
+        let q = UsageQuery {
+            user_id: Some(3),
+            ..query("2026-03-01", "2026-03-31", &[Dimension::Product])
+        };
+        let p = plan(&q, USAGE, None);
+        assert_eq!(
+            p.grain,
+            Grain {
+                user: true,
+                product: true
+            }
+        );
+        assert_eq!(
+            p.grouping,
+            Grouping {
+                time: None,
+                user: false,
+                product: true
+            }
+        );
+        assert_eq!(p.user_count, None);
+    }
+
+    fn member(user_id: i32, role: Role) -> Actor {
+        Actor::User(UserActor {
+            user_id,
+            account_id: 1,
+            role,
+            active: true,
+        })
+    }
+
+    #[test]
+    fn a_member_s_own_report_is_narrowed_to_the_member() {
+        let q = query("2026-03-01", "2026-03-31", &[Dimension::User]);
+        let mine = query_for_caller(&member(7, Role::Member), 1, q.clone()).unwrap();
+        assert_eq!(mine.user_id, Some(7));
+        assert_eq!(
+            UsageQuery {
+                user_id: None,
+                ..mine
+            },
+            q
+        );
+        // Those who read the books see everyone.
+        for reader in [
+            member(8, Role::Admin),
+            member(9, Role::Analyst),
+            Actor::Operator,
+        ] {
+            assert_eq!(
+                query_for_caller(&reader, 1, q.clone()).unwrap().user_id,
+                None
+            );
+        }
+        // A member may name themself, not another user; no one sees another account.
+        let of = |user_id| UsageQuery {
+            user_id: Some(user_id),
+            ..q.clone()
+        };
+        assert_eq!(
+            query_for_caller(&member(7, Role::Member), 1, of(7)).unwrap(),
+            of(7)
+        );
+        assert!(query_for_caller(&member(7, Role::Member), 1, of(8)).is_err());
+        assert!(query_for_caller(&member(8, Role::Admin), 2, q.clone()).is_err());
+    }
+
+    fn agg(user_id: i32, product_id: i32, opens: i64, denials: i64) -> DayAggregate {
+        DayAggregate {
+            account_id: 1,
+            user_id,
+            product_id,
+            sums: UsageSums {
+                tokens: opens,
+                opens,
+                charges: opens,
+                denials,
+                cost_minor: opens * 10,
+            },
+        }
+    }
+
+    #[test]
+    fn a_raw_day_is_filtered_summed_per_period_and_its_openers_kept() {
+        let q = UsageQuery {
+            product_id: Some(7),
+            ..query("2026-03-01", "2026-03-31", &[Dimension::Week])
+        };
+        let p = plan(&q, USAGE, None);
+        let (mut tail, mut users) = (TailGroups::new(), TailUsers::new());
+        for day in ["2026-03-03", "2026-03-04"] {
+            let aggregates = vec![agg(1, 7, 2, 0), agg(2, 7, 0, 1), agg(1, 8, 5, 0)];
+            p.add_tail_day(d(day), aggregates, &mut tail, &mut users);
+        }
+        let week = Some(d("2026-03-02"));
+        let (sums, _) = tail[&(week, None, None)];
+        assert_eq!((tail.len(), sums.opens, sums.denials), (1, 4, 2));
+        // User 2 was only denied; product 8 is filtered out.
+        assert_eq!(users[&week], HashSet::from([(7, 1)]));
+    }
+
+    #[test]
+    fn an_empty_ungrouped_report_has_one_zero_row_and_unknown_products_no_id() {
+        let p = plan(&query("2026-03-01", "2026-03-31", &[]), None, None);
+        let rows = shape(&p, vec![], &WindowUsers::from([(None, HashMap::new())]));
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].opens, rows[0].distinct_users), (0, 0));
+
+        let by_product = plan(
+            &query("2026-03-01", "2026-03-31", &[Dimension::Product]),
+            None,
+            None,
+        );
+        assert!(shape(&by_product, vec![], &WindowUsers::new()).is_empty());
+        let unknown = GroupRow {
+            key: (None, None, Some(0)),
+            sums: UsageSums {
+                denials: 3,
+                ..UsageSums::default()
+            },
+            distinct_users: 0,
+        };
+        let users = WindowUsers::from([(None, HashMap::from([(0, 0)]))]);
+        let rows = shape(&by_product, vec![unknown], &users);
+        assert_eq!((rows[0].product_id, rows[0].denials), (None, 3));
     }
 }

@@ -14,22 +14,32 @@
 //! same rows; one that falls behind (the other finished the day) stops writing. A
 //! crash leaves a day half written and the watermark before it: the next run rolls it
 //! again, each chunk replacing its own rows.
+//!
+//! The week and month distinct users, written in the same transactions, are kept as
+//! `periods` describes.
 
 use super::{
-    DayAggregate, DayRow, Grain, Period, ROLLUP_GRACE, UserDay, coarsen, day_aggregates,
-    rolled_through,
+    DayAggregate, DayRow, Grain, Period, ROLLUP_GRACE, UsageSums, coarsen, day_aggregates,
+    rolled_through, user_blocks,
 };
-use crate::error::{DomainError, Result};
+use crate::error::Result;
 use crate::store::stmt;
 use crate::store::{Db, WriteTx};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use daypass_entity::{account, open};
+use periods::{
+    FirstSeen, add_members, drop_finished_members, rewind_period, store_period_counts,
+    store_users_since, users_since,
+};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect,
     Value,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Instant;
+
+mod periods;
 
 /// The most user × product rows one write transaction of the job takes. At 27,000
 /// such rows a day, a chunk holds the writer for well under 100 ms.
@@ -171,7 +181,9 @@ async fn set_watermark(conn: &impl ConnectionTrait, day: NaiveDate) -> Result<()
     Ok(())
 }
 
-/// Rolls `day`, the day after `watermark`.
+/// Rolls `day`, the day after `watermark`: the day's usage read once, then the
+/// periods rewound, the user rows a chunk at a time, and the rows of whole accounts
+/// with the watermark last, each step its own write transaction.
 async fn roll_day(
     db: &Db,
     watermark: Option<NaiveDate>,
@@ -179,77 +191,37 @@ async fn roll_day(
     chunk_rows: usize,
     stop_after: Option<usize>,
 ) -> Result<DayRolled> {
-    let mut committed = 0;
-    let stop = |committed: usize| stop_after.is_some_and(|n| committed >= n);
-    let mut aggregates = Vec::new();
-    // An account at a time, along the index on (account, time): one read of the
-    // whole day would scan every open ever recorded.
     let accounts = account_ids(db).await?;
-    for &account_id in &accounts {
-        aggregates.extend(day_aggregates(db.conn(), day, account_id).await?);
-    }
-    aggregates.sort_unstable_by_key(|a| (a.account_id, a.user_id, a.product_id));
-
-    // How long this roll held the writer at most (logged: the figure that matters
-    // to charging on SQLite).
-    let mut longest = std::time::Duration::ZERO;
-    let Some(tx) = locked(db, watermark).await? else {
-        return Ok(DayRolled::Behind);
+    let aggregates = read_day(db, day, &accounts).await?;
+    let mut roll = DayRoll {
+        db,
+        watermark,
+        day,
+        stop_after,
+        committed: 0,
+        longest: std::time::Duration::ZERO,
     };
-    let held = Instant::now();
-    for period in PERIODS {
-        rewind_period(&*tx, period, day).await?;
+    if let ControlFlow::Break(end) = roll.rewind_periods().await? {
+        return Ok(end);
     }
-    tx.commit().await?;
-    longest = longest.max(held.elapsed());
-    committed += 1;
-    if stop(committed) {
-        return Ok(DayRolled::Stopped);
-    }
-
-    // (period, account, product) → members first seen today.
-    let mut first_seen: BTreeMap<(Period, i32, i32), i64> = BTreeMap::new();
+    let mut first_seen = FirstSeen::new();
     let chunks = user_chunks(&aggregates, chunk_rows);
     for chunk in &chunks {
-        let Some(tx) = locked(db, watermark).await? else {
-            return Ok(DayRolled::Behind);
-        };
-        let held = Instant::now();
-        replace_user_rows(&*tx, day, chunk).await?;
-        for period in PERIODS {
-            add_members(&*tx, period, day, chunk.aggregates, &mut first_seen).await?;
-        }
-        tx.commit().await?;
-        longest = longest.max(held.elapsed());
-        committed += 1;
-        if stop(committed) {
-            return Ok(DayRolled::Stopped);
+        if let ControlFlow::Break(end) = roll.write_user_chunk(chunk, &mut first_seen).await? {
+            return Ok(end);
         }
     }
-
-    let mut since = Vec::new();
-    for period in PERIODS {
-        since.push(users_since(db.conn(), period, period.start_of(day), &accounts).await?);
-    }
-    let Some(tx) = locked(db, watermark).await? else {
+    let Some(last) = roll
+        .write_accounts(&accounts, &aggregates, &first_seen)
+        .await?
+    else {
         return Ok(DayRolled::Behind);
     };
-    let held = Instant::now();
-    replace_account_rows(&*tx, day, &aggregates).await?;
-    for period in PERIODS {
-        store_period_counts(&*tx, period, day, &first_seen).await?;
-    }
-    for since in since {
-        store_users_since(&*tx, since).await?;
-    }
-    set_watermark(&*tx, day).await?;
-    tx.commit().await?;
-    let last = held.elapsed();
     tracing::debug!(
         %day,
         rows = aggregates.len(),
         transactions = chunks.len() + 2,
-        longest_write_ms = longest.max(last).as_secs_f64() * 1e3,
+        longest_write_ms = roll.longest.max(last).as_secs_f64() * 1e3,
         last_write_ms = last.as_secs_f64() * 1e3,
         "rolled up a day"
     );
@@ -260,6 +232,111 @@ async fn roll_day(
         }
     }
     Ok(DayRolled::Rolled)
+}
+
+/// Every account's aggregates of `day`, sorted by account, user and product.
+async fn read_day(db: &Db, day: NaiveDate, accounts: &[i32]) -> Result<Vec<DayAggregate>> {
+    let mut aggregates = Vec::new();
+    // An account at a time, along the index on (account, time): one read of the
+    // whole day would scan every open ever recorded.
+    for &account_id in accounts {
+        aggregates.extend(day_aggregates(db.conn(), day, account_id).await?);
+    }
+    aggregates.sort_unstable_by_key(|a| (a.account_id, a.user_id, a.product_id));
+    Ok(aggregates)
+}
+
+/// One roll of `day`: the watermark it began from and the write transactions it
+/// has committed.
+struct DayRoll<'a> {
+    db: &'a Db,
+    watermark: Option<NaiveDate>,
+    day: NaiveDate,
+    /// Stop, as a crash would, after this many transactions (crash tests).
+    stop_after: Option<usize>,
+    committed: usize,
+    /// How long this roll held the writer at most (logged: the figure that matters
+    /// to charging on SQLite).
+    longest: std::time::Duration,
+}
+
+impl DayRoll<'_> {
+    /// A write transaction of this roll and when it took the writer, or `None` when
+    /// another worker moved the watermark meanwhile.
+    async fn begin(&self) -> Result<Option<(WriteTx, Instant)>> {
+        Ok(locked(self.db, self.watermark)
+            .await?
+            .map(|tx| (tx, Instant::now())))
+    }
+
+    /// Commits a transaction of the roll, and breaks when the roll is to stop there.
+    async fn commit(&mut self, tx: WriteTx, held: Instant) -> Result<ControlFlow<DayRolled>> {
+        tx.commit().await?;
+        self.longest = self.longest.max(held.elapsed());
+        self.committed += 1;
+        Ok(match self.stop_after.is_some_and(|n| self.committed >= n) {
+            true => ControlFlow::Break(DayRolled::Stopped),
+            false => ControlFlow::Continue(()),
+        })
+    }
+
+    /// The first transaction: weeks and months this day was rolled into before lose
+    /// what that roll counted.
+    async fn rewind_periods(&mut self) -> Result<ControlFlow<DayRolled>> {
+        let Some((tx, held)) = self.begin().await? else {
+            return Ok(ControlFlow::Break(DayRolled::Behind));
+        };
+        for period in PERIODS {
+            rewind_period(&*tx, period, self.day).await?;
+        }
+        self.commit(tx, held).await
+    }
+
+    /// A transaction per chunk: the chunk's rows of the user grains, and its users as
+    /// members of the day's week and month (counted in `first_seen` when new).
+    async fn write_user_chunk(
+        &mut self,
+        chunk: &UserChunk<'_>,
+        first_seen: &mut FirstSeen,
+    ) -> Result<ControlFlow<DayRolled>> {
+        let Some((tx, held)) = self.begin().await? else {
+            return Ok(ControlFlow::Break(DayRolled::Behind));
+        };
+        replace_user_rows(&*tx, self.day, chunk).await?;
+        for period in PERIODS {
+            add_members(&*tx, period, self.day, chunk.aggregates, first_seen).await?;
+        }
+        self.commit(tx, held).await
+    }
+
+    /// The last transaction: the rows of whole accounts, the week and month counts,
+    /// and the watermark moved to the day. Returns how long it held the writer, or
+    /// `None` when another worker moved the watermark meanwhile.
+    async fn write_accounts(
+        &mut self,
+        accounts: &[i32],
+        aggregates: &[DayAggregate],
+        first_seen: &FirstSeen,
+    ) -> Result<Option<std::time::Duration>> {
+        let day = self.day;
+        let mut since = Vec::new();
+        for period in PERIODS {
+            since.push(users_since(self.db.conn(), period, period.start_of(day), accounts).await?);
+        }
+        let Some((tx, held)) = self.begin().await? else {
+            return Ok(None);
+        };
+        replace_account_rows(&*tx, day, aggregates).await?;
+        for period in PERIODS {
+            store_period_counts(&*tx, period, day, first_seen).await?;
+        }
+        for since in since {
+            store_users_since(&*tx, since).await?;
+        }
+        set_watermark(&*tx, day).await?;
+        tx.commit().await?;
+        Ok(Some(held.elapsed()))
+    }
 }
 
 /// A run of the day's aggregates, in (account, user) order, never splitting one
@@ -421,23 +498,18 @@ async fn insert_user_blocks(
     day: NaiveDate,
     rows: &[(i32, DayRow)],
 ) -> Result<()> {
-    let mut blocks: BTreeMap<i32, Vec<UserDay>> = BTreeMap::new();
+    let mut blocks: BTreeMap<i32, Vec<(i32, UsageSums)>> = BTreeMap::new();
     for (account_id, r) in rows {
         let Some(user_id) = r.user_id else { continue };
-        blocks.entry(*account_id).or_default().push(UserDay {
-            user_id,
-            tokens: r.sums.tokens,
-            opens: r.sums.opens,
-            charges: r.sums.charges,
-            denials: r.sums.denials,
-            cost_minor: r.sums.cost_minor,
-        });
+        blocks
+            .entry(*account_id)
+            .or_default()
+            .push((user_id, r.sums));
     }
     let values = blocks
         .into_iter()
         .map(|(account_id, users)| {
-            let packed = postcard::to_allocvec(&users)
-                .map_err(|e| DomainError::Internal(format!("packing usage of {day}: {e}")))?;
+            let packed = user_blocks::pack(day, users)?;
             Ok(vec![account_id.into(), day.into(), packed.into()])
         })
         .collect::<Result<Vec<Vec<Value>>>>()?;
@@ -527,436 +599,9 @@ async fn insert_many(
     Ok(returned)
 }
 
-/// A row of `usage_period_members` in [`MEMBER_COLUMNS`]' order: (account, product,
-/// user) seen in the period from `first_day` to `last_day`.
-fn member_row(
-    period: Period,
-    start: NaiveDate,
-    (account_id, product_id, user_id): (i32, i32, i32),
-    first_day: NaiveDate,
-    last_day: NaiveDate,
-) -> Vec<Value> {
-    vec![
-        account_id.into(),
-        period.grain().into(),
-        start.into(),
-        product_id.into(),
-        user_id.into(),
-        first_day.into(),
-        last_day.into(),
-    ]
-}
-
-const MEMBER_COLUMNS: [&str; 7] = [
-    "account_id",
-    "grain",
-    "period",
-    "product_id",
-    "user_id",
-    "first_day",
-    "last_day",
-];
-
-/// A week or month rolled through `day` or later before (the watermark was rewound):
-/// its members are rebuilt from the daily rollups of the days before `day`, and its
-/// counts from `day` on are dropped, so rolling on from `day` counts as the first time.
-async fn rewind_period(conn: &impl ConnectionTrait, period: Period, day: NaiveDate) -> Result<()> {
-    let backend = conn.get_database_backend();
-    let start = period.start_of(day);
-    let key = || -> Vec<Value> { vec![period.grain().into(), start.into(), day.into()] };
-    let rolled_before = conn
-        .query_one_raw(stmt(
-            backend,
-            "SELECT 1 AS rolled FROM usage_period_users \
-             WHERE grain = ? AND period = ? AND through_day >= ? LIMIT 1",
-            key(),
-        ))
-        .await?
-        .is_some();
-    if rolled_before {
-        restore_period_members(conn, period, start, day).await?;
-        conn.execute_raw(stmt(
-            backend,
-            "DELETE FROM usage_period_users \
-             WHERE grain = ? AND period = ? AND through_day >= ?",
-            key(),
-        ))
-        .await?;
-    }
-    Ok(())
-}
-
-/// Adds the users who opened something in `aggregates` to the members of the period
-/// holding `day`, under their product and under 0 (any product), with the first and
-/// last day each was seen; counts in `first_seen` those seen for the first time today.
-async fn add_members(
-    conn: &impl ConnectionTrait,
-    period: Period,
-    day: NaiveDate,
-    aggregates: &[DayAggregate],
-    first_seen: &mut BTreeMap<(Period, i32, i32), i64>,
-) -> Result<()> {
-    let start = period.start_of(day);
-    let members: BTreeSet<(i32, i32, i32)> = aggregates
-        .iter()
-        .filter(|a| a.sums.counts_user())
-        .flat_map(|a| {
-            [
-                (a.account_id, a.product_id, a.user_id),
-                (a.account_id, 0, a.user_id),
-            ]
-        })
-        .collect();
-    let members = members
-        .into_iter()
-        .map(|(account_id, product_id, user_id)| {
-            member_row(period, start, (account_id, product_id, user_id), day, day)
-        })
-        .collect();
-    // Members seen before keep their first day and move their last day here. One
-    // first seen today by an earlier, interrupted roll of this day is new today still.
-    let seen = insert_many(
-        conn,
-        "usage_period_members",
-        &MEMBER_COLUMNS,
-        members,
-        "ON CONFLICT (account_id, grain, period, user_id, product_id) \
-         DO UPDATE SET last_day = excluded.last_day \
-         RETURNING account_id, product_id, first_day",
-    )
-    .await?;
-    for r in seen {
-        if r.try_get::<NaiveDate>("", "first_day")? == day {
-            *first_seen
-                .entry((
-                    period,
-                    r.try_get("", "account_id")?,
-                    r.try_get("", "product_id")?,
-                ))
-                .or_default() += 1;
-        }
-    }
-    Ok(())
-}
-
-/// Stores the distinct users of the period holding `day` from its first day through
-/// `day`: those through the day before, plus the members first seen today.
-async fn store_period_counts(
-    conn: &impl ConnectionTrait,
-    period: Period,
-    day: NaiveDate,
-    first_seen: &BTreeMap<(Period, i32, i32), i64>,
-) -> Result<()> {
-    let backend = conn.get_database_backend();
-    let start = period.start_of(day);
-    let mut counts: BTreeMap<(i32, i32), i64> = BTreeMap::new();
-    if day > start {
-        let rows = conn
-            .query_all_raw(stmt(
-                backend,
-                "SELECT account_id, product_id, distinct_users FROM usage_period_users \
-                 WHERE grain = ? AND period = ? AND through_day = ?",
-                vec![
-                    period.grain().into(),
-                    start.into(),
-                    (day - Duration::days(1)).into(),
-                ],
-            ))
-            .await?;
-        for r in rows {
-            counts.insert(
-                (r.try_get("", "account_id")?, r.try_get("", "product_id")?),
-                r.try_get("", "distinct_users")?,
-            );
-        }
-    }
-    for ((p, account_id, product_id), n) in first_seen {
-        if *p == period {
-            *counts.entry((*account_id, *product_id)).or_default() += n;
-        }
-    }
-    conn.execute_raw(stmt(
-        backend,
-        "DELETE FROM usage_period_users WHERE grain = ? AND period = ? AND through_day = ?",
-        vec![period.grain().into(), start.into(), day.into()],
-    ))
-    .await?;
-    let counts = counts
-        .into_iter()
-        .map(|((account_id, product_id), n)| {
-            vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                day.into(),
-                product_id.into(),
-                n.into(),
-            ]
-        })
-        .collect();
-    insert_many(
-        conn,
-        "usage_period_users",
-        &[
-            "account_id",
-            "grain",
-            "period",
-            "through_day",
-            "product_id",
-            "distinct_users",
-        ],
-        counts,
-        "",
-    )
-    .await?;
-    Ok(())
-}
-
-/// Drops the members of a finished period (and of any earlier one an interrupted run
-/// left), about `chunk_rows` of them per transaction: its counts are stored whole.
-async fn drop_finished_members(
-    db: &Db,
-    period: Period,
-    start: NaiveDate,
-    chunk_rows: usize,
-) -> Result<()> {
-    let backend = db.backend();
-    let mut users: Vec<(i32, i32, i64)> = db
-        .conn()
-        .query_all_raw(stmt(
-            backend,
-            "SELECT account_id, user_id, COUNT(*) AS n FROM usage_period_members \
-             WHERE grain = ? AND period <= ? GROUP BY account_id, user_id",
-            vec![period.grain().into(), start.into()],
-        ))
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("", "account_id")?,
-                r.try_get("", "user_id")?,
-                r.try_get("", "n")?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    users.sort_unstable();
-    // Transactions of (account, first user, last user) ranges, about `chunk_rows` each.
-    let mut batches: Vec<Vec<(i32, i32, i32)>> = vec![Vec::new()];
-    let mut rows = 0;
-    for (account_id, user_id, n) in users {
-        if rows >= chunk_rows {
-            batches.push(Vec::new());
-            rows = 0;
-        }
-        let batch = batches.last_mut().expect("one batch at least");
-        match batch.last_mut() {
-            Some(range) if range.0 == account_id => range.2 = user_id,
-            _ => batch.push((account_id, user_id, user_id)),
-        }
-        rows += usize::try_from(n).unwrap_or(1);
-    }
-    for batch in batches.iter().filter(|b| !b.is_empty()) {
-        let tx = db.begin_write().await?;
-        for &(account_id, low, high) in batch {
-            tx.execute_raw(stmt(
-                backend,
-                "DELETE FROM usage_period_members WHERE account_id = ? AND grain = ? \
-                 AND period <= ? AND user_id >= ? AND user_id <= ?",
-                vec![
-                    account_id.into(),
-                    period.grain().into(),
-                    start.into(),
-                    low.into(),
-                    high.into(),
-                ],
-            ))
-            .await?;
-        }
-        tx.commit().await?;
-    }
-    Ok(())
-}
-
-/// The distinct users of each account's `period` since each of its days, from its
-/// members: the users since a day are those last seen on it or later. Read once every
-/// chunk of the day is written, outside the writer lock: the members hold what every
-/// roll of the day writes alike.
-struct UsersSince {
-    period: Period,
-    start: NaiveDate,
-    accounts: Vec<i32>,
-    rows: Vec<Vec<Value>>,
-}
-
-async fn users_since(
-    conn: &impl ConnectionTrait,
-    period: Period,
-    start: NaiveDate,
-    accounts: &[i32],
-) -> Result<UsersSince> {
-    let rows = conn
-        .query_all_raw(stmt(
-            conn.get_database_backend(),
-            "SELECT account_id, product_id, last_day, COUNT(*) AS n FROM usage_period_members \
-             WHERE grain = ? AND period = ? GROUP BY account_id, product_id, last_day",
-            vec![period.grain().into(), start.into()],
-        ))
-        .await?;
-    // (account, product) → last day → members last seen that day.
-    let mut last_seen: BTreeMap<(i32, i32), BTreeMap<NaiveDate, i64>> = BTreeMap::new();
-    for r in rows {
-        last_seen
-            .entry((r.try_get("", "account_id")?, r.try_get("", "product_id")?))
-            .or_default()
-            .insert(r.try_get("", "last_day")?, r.try_get("", "n")?);
-    }
-    let mut since = Vec::new();
-    for ((account_id, product_id), days) in last_seen {
-        let Some(last) = days.keys().next_back().copied() else {
-            continue;
-        };
-        let mut users = 0;
-        let mut from = last;
-        while from >= start {
-            users += days.get(&from).copied().unwrap_or(0);
-            since.push(vec![
-                account_id.into(),
-                period.grain().into(),
-                start.into(),
-                from.into(),
-                product_id.into(),
-                users.into(),
-            ]);
-            from -= Duration::days(1);
-        }
-    }
-    // Every account's rows are replaced, those with no members (left by a roll before
-    // the watermark was rewound) included.
-    Ok(UsersSince {
-        period,
-        start,
-        accounts: accounts.to_vec(),
-        rows: since,
-    })
-}
-
-/// Replaces the stored users since each day of the period with `since`'s, an
-/// account at a time (each by its key's prefix), for every account.
-async fn store_users_since(conn: &impl ConnectionTrait, since: UsersSince) -> Result<()> {
-    let UsersSince {
-        period,
-        start,
-        accounts,
-        rows,
-    } = since;
-    for account_id in accounts {
-        conn.execute_raw(stmt(
-            conn.get_database_backend(),
-            "DELETE FROM usage_period_users_since \
-             WHERE account_id = ? AND grain = ? AND period = ?",
-            vec![account_id.into(), period.grain().into(), start.into()],
-        ))
-        .await?;
-    }
-    insert_many(
-        conn,
-        "usage_period_users_since",
-        &[
-            "account_id",
-            "grain",
-            "period",
-            "from_day",
-            "product_id",
-            "distinct_users",
-        ],
-        rows,
-        "",
-    )
-    .await?;
-    Ok(())
-}
-
-/// The members of `period` from its first day up to (not including) `before`, rebuilt
-/// from the daily rollups.
-async fn restore_period_members(
-    conn: &impl ConnectionTrait,
-    period: Period,
-    start: NaiveDate,
-    before: NaiveDate,
-) -> Result<()> {
-    conn.execute_raw(stmt(
-        conn.get_database_backend(),
-        "DELETE FROM usage_period_members WHERE grain = ? AND period = ?",
-        vec![period.grain().into(), start.into()],
-    ))
-    .await?;
-    if before <= start {
-        return Ok(());
-    }
-    let seen = days_seen(conn, start, before - Duration::days(1)).await?;
-    let mut members: Vec<(i32, i32, i32, NaiveDate, NaiveDate)> = Vec::new();
-    let mut any_product: BTreeMap<(i32, i32), (NaiveDate, NaiveDate)> = BTreeMap::new();
-    for ((account_id, product_id, user_id), (first, last)) in seen {
-        members.push((account_id, product_id, user_id, first, last));
-        let any = any_product
-            .entry((account_id, user_id))
-            .or_insert((first, last));
-        *any = (any.0.min(first), any.1.max(last));
-    }
-    members.extend(
-        any_product
-            .into_iter()
-            .map(|((account_id, user_id), (first, last))| (account_id, 0, user_id, first, last)),
-    );
-    let members = members
-        .into_iter()
-        .map(|(account_id, product_id, user_id, first_day, last_day)| {
-            member_row(
-                period,
-                start,
-                (account_id, product_id, user_id),
-                first_day,
-                last_day,
-            )
-        })
-        .collect();
-    insert_many(conn, "usage_period_members", &MEMBER_COLUMNS, members, "").await?;
-    Ok(())
-}
-
-/// The first and last rolled day in `from..=to` each user opened each product.
-async fn days_seen(
-    conn: &impl ConnectionTrait,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<HashMap<(i32, i32, i32), (NaiveDate, NaiveDate)>> {
-    let rows = conn
-        .query_all_raw(stmt(
-            conn.get_database_backend(),
-            "SELECT account_id, product_id, user_id, MIN(day) AS first_day, MAX(day) AS last_day \
-             FROM usage_days WHERE day >= ? AND day <= ? AND opens > 0 \
-             GROUP BY account_id, product_id, user_id",
-            vec![from.into(), to.into()],
-        ))
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                (
-                    r.try_get("", "account_id")?,
-                    r.try_get("", "product_id")?,
-                    r.try_get("", "user_id")?,
-                ),
-                (r.try_get("", "first_day")?, r.try_get("", "last_day")?),
-            ))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollups::UsageSums;
 
     fn agg(account_id: i32, user_id: i32, product_id: i32) -> DayAggregate {
         DayAggregate {
