@@ -1,7 +1,7 @@
 //! Rule 19: who may see and change what. Every use-case asks the [`Actor`] first.
 
 use crate::error::{DomainError, Result};
-use crate::kinds::Role;
+use crate::vocabulary::Role;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,13 +4,13 @@ use crate::access::Actor;
 use crate::auth;
 use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::kinds::{PlanLevel, Role, parse};
 use crate::page::{Page, PageRequest};
 use crate::rules;
 use crate::store::Db;
 use crate::store::find_account;
 use crate::units::Tokens;
 use crate::users::{self, NewUser};
+use crate::vocabulary::{PlanLevel, Role, parse};
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, lot, subscription, user};
 use sea_orm::{

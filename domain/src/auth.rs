@@ -2,8 +2,8 @@
 
 use crate::access::{Actor, UserActor};
 use crate::error::{DomainError, Result};
-use crate::kinds::parse;
 use crate::store::{Db, KeyCache};
+use crate::vocabulary::parse;
 use base64::Engine;
 use daypass_entity::user;
 use rand::RngCore;

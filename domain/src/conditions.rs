@@ -3,7 +3,7 @@
 //! [`text`]). Each is the twin of a Rust rule in [`crate::rules`]; a property test over
 //! a real database holds each pair together.
 
-use crate::kinds::LotStatus;
+use crate::vocabulary::LotStatus;
 use daypass_entity::{lot, subscription};
 use sea_orm::DatabaseBackend;
 use sea_orm::sea_query::{

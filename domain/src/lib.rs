@@ -13,27 +13,27 @@ pub mod clock;
 pub mod conditions;
 pub mod delivery;
 pub mod error;
-pub mod kinds;
 pub mod ledger;
 pub mod lots;
 pub mod notifications;
 pub mod page;
-#[cfg(test)]
-mod properties;
 pub mod reports;
 pub mod rollups;
 pub mod rules;
+#[cfg(test)]
+mod rules_properties;
 pub mod store;
 pub mod subscriptions;
 pub mod units;
 pub mod users;
+pub mod vocabulary;
 
 pub use access::Actor;
 pub use clock::{Clock, SystemClock, TestClock};
 pub use daypass_entity as entity;
 pub use error::{DomainError, Result};
-pub use kinds::*;
 pub use store::Db;
+pub use vocabulary::*;
 
 impl Db {
     /// Applies pending migrations and seeds the price list, in one write transaction,

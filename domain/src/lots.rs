@@ -4,12 +4,12 @@ use crate::access::Actor;
 use crate::catalog::{self, load_price_list};
 use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::kinds::{LedgerKind, LotStatus};
 use crate::page::{Page, PageRequest};
 use crate::rules::{self, LotCounts};
 use crate::store::Db;
 use crate::store::balance_feed::announce_balance_change;
 use crate::store::find_account;
+use crate::vocabulary::{LedgerKind, LotStatus};
 use chrono::{DateTime, Utc};
 use daypass_entity::{ledger_entry, lot};
 use sea_orm::{

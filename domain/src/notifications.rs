@@ -6,10 +6,10 @@
 use crate::access::Actor;
 use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::kinds::Role;
 use crate::page::{Page, PageRequest};
 use crate::store::Db;
 use crate::units::{ChargeId, NotificationId, Tokens};
+use crate::vocabulary::Role;
 use chrono::{DateTime, Duration, Utc};
 use daypass_entity::{account, lot, notification, user};
 use sea_orm::{
@@ -20,12 +20,12 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-crate::kinds::vocabulary!(NotificationKind {
+crate::vocabulary::vocabulary!(NotificationKind {
     LowBalance => "LOW_BALANCE",
     TokensExhausted => "TOKENS_EXHAUSTED",
     ExpiryReminder => "EXPIRY_REMINDER",
 });
-crate::kinds::vocabulary!(NotificationState { Pending => "PENDING", Sent => "SENT", Dead => "DEAD" });
+crate::vocabulary::vocabulary!(NotificationState { Pending => "PENDING", Sent => "SENT", Dead => "DEAD" });
 
 /// Attempts before a notification is given up (marked DEAD).
 pub const MAX_ATTEMPTS: i32 = 8;

@@ -11,7 +11,6 @@ use crate::accounts::balance_at;
 use crate::catalog;
 use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::kinds::LedgerKind;
 pub use crate::rollups::TimeGrain;
 use crate::rollups::{
     self, DayAggregate, Grain, GroupKey, GroupRow, Grouping, RowFilter, UsageSums, UserCount,
@@ -19,6 +18,7 @@ use crate::rollups::{
 };
 use crate::rules;
 use crate::store::Db;
+use crate::vocabulary::LedgerKind;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use daypass_entity::{ledger_entry, lot, product};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
@@ -640,8 +640,8 @@ pub async fn forecast(
 mod tests {
     use super::*;
     use crate::access::UserActor;
-    use crate::kinds::Role;
     use crate::rollups::Period;
+    use crate::vocabulary::Role;
 
     fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()

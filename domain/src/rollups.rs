@@ -239,8 +239,6 @@ impl TimeGrain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::stmt;
-    use sea_orm::DatabaseBackend;
 
     fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()
@@ -281,18 +279,6 @@ mod tests {
             .map(|r| (r.product_id, r.distinct_users))
             .collect();
         assert_eq!(counts, [(Some(7), 2), (Some(8), 1)]);
-    }
-
-    #[test]
-    fn postgres_placeholders_are_numbered() {
-        let s = stmt(
-            DatabaseBackend::Postgres,
-            "a = ? AND b = ?",
-            vec![1.into(), 2.into()],
-        );
-        assert_eq!(s.sql, "a = $1 AND b = $2");
-        let s = stmt(DatabaseBackend::Sqlite, "a = ?", vec![1.into()]);
-        assert_eq!(s.sql, "a = ?");
     }
 
     #[test]

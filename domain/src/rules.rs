@@ -1,7 +1,7 @@
 //! The pure rules of PRODUCT.md: no I/O, `now` always passed in.
 
-use crate::kinds::{LotStatus, PlanLevel};
 use crate::units::{LotId, MinorUnits, Tokens};
+use crate::vocabulary::{LotStatus, PlanLevel};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 
 /// Largest quantity an account admin may buy at once (rule 4).

@@ -3,9 +3,9 @@
 
 use crate::access::Actor;
 use crate::error::{DomainError, Result};
-use crate::kinds::PlanLevel;
 use crate::store::Db;
 use crate::store::find_account;
+use crate::vocabulary::PlanLevel;
 use chrono::{DateTime, Utc};
 use daypass_entity::{product, subscription, subscription_seat, user};
 use sea_orm::{

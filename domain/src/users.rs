@@ -4,11 +4,11 @@
 use crate::access::Actor;
 use crate::auth;
 use crate::error::{DomainError, Result};
-use crate::kinds::Role;
 use crate::page::{Page, PageRequest};
 use crate::rules::clean_name;
 use crate::store::Db;
 use crate::store::find_account;
+use crate::vocabulary::Role;
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, allowed_product, product, user};
 use sea_orm::{

@@ -22,7 +22,7 @@ enum UsageDayUserBlocks {
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         // `users`: the day's rows of `usage_day_users` for the account, in user order,
-        // encoded by `daypass_domain::rollups::UserDay` (postcard).
+        // encoded by `daypass_domain::rollups::user_blocks::UserDay` (postcard).
         m.create_table(
             Table::create()
                 .table(UsageDayUserBlocks::Table)

@@ -5,10 +5,10 @@
 use chrono::{DateTime, Duration, Utc};
 use daypass_domain::conditions;
 use daypass_domain::entity::{lot, subscription};
-use daypass_domain::kinds::LotStatus;
 use daypass_domain::rules::{self, LotCounts};
 use daypass_domain::store::stmt;
 use daypass_domain::units::Tokens;
+use daypass_domain::vocabulary::LotStatus;
 use daypass_tests::{TestDb, account, product, t};
 use proptest::prelude::*;
 use sea_orm::sea_query::Alias;

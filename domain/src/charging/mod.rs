@@ -14,9 +14,9 @@ mod writes;
 
 use crate::access::Actor;
 use crate::error::{DomainError, Result};
-use crate::kinds::{AccessSource, DenyReason, PlanLevel, Role};
 use crate::store::Db;
 use crate::units::{ChargeId, NotificationId, Tokens};
+use crate::vocabulary::{AccessSource, DenyReason, PlanLevel, Role};
 use batches::{batches, charge_queue};
 use chrono::{DateTime, Utc};
 use daypass_entity::open;

@@ -5,9 +5,9 @@
 use super::OpenRecord;
 use super::situation::Situation;
 use crate::error::{DomainError, Result};
-use crate::kinds::{DenyReason, PlanLevel};
 use crate::rules::{self, SpendableLot};
 use crate::units::{LotId, MinorUnits, Tokens};
+use crate::vocabulary::{DenyReason, PlanLevel};
 use chrono::{DateTime, Utc};
 use daypass_entity::{account, lot, product, user};
 use std::collections::{BTreeMap, HashMap};

@@ -3,10 +3,10 @@
 
 use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::kinds::PlanLevel;
 use crate::rules;
 use crate::store::{BatchFuture, Db};
 use crate::units::Tokens;
+use crate::vocabulary::PlanLevel;
 use chrono::{DateTime, Utc};
 use daypass_entity::{product, user};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, IdenStatic, Iterable, Statement};

@@ -8,11 +8,11 @@ use super::situation::{Asked, situations};
 use super::{OpenOutcome, Outcome};
 use crate::conditions;
 use crate::error::{DomainError, Result};
-use crate::kinds::{DenyReason, LedgerKind, LotStatus};
 use crate::notifications;
 use crate::store::balance_feed::announce_balance_changes;
 use crate::store::{Db, WriteTx};
 use crate::units::{ChargeId, MinorUnits, Tokens};
+use crate::vocabulary::{DenyReason, LedgerKind, LotStatus};
 use chrono::{DateTime, Utc};
 use daypass_entity::{charge, ledger_entry, lot, open, window};
 use sea_orm::{

@@ -25,3 +25,20 @@ pub fn numbered(backend: DatabaseBackend, sql: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        let s = stmt(
+            DatabaseBackend::Postgres,
+            "a = ? AND b = ?",
+            vec![1.into(), 2.into()],
+        );
+        assert_eq!(s.sql, "a = $1 AND b = $2");
+        let s = stmt(DatabaseBackend::Sqlite, "a = ?", vec![1.into()]);
+        assert_eq!(s.sql, "a = ?");
+    }
+}

@@ -1,6 +1,6 @@
 //! Property tests of the pure rules: year-later expiry, windows, the burn order and
 //! price quotes, over generated inputs. `PROPTEST_CASES=100000 cargo test
-//! -p daypass-domain properties` runs them longer.
+//! -p daypass-domain rules_properties` runs them longer.
 
 use crate::catalog::{PriceList, quote_from};
 use crate::rules::{
