@@ -274,10 +274,10 @@ fn init_payload_key(payload: &Value) -> Option<String> {
 
 /// 200 when the database and the job queue both answer; 503 naming what failed.
 async fn readyz(State(state): State<AppState>) -> Response {
-    daypass_worker::ops::readyz_response(&state.workers).await
+    daypass_ops::readyz_response(&state.db, &state.queue).await
 }
 
 /// Prometheus text format: this process's series, the embedded workers' included.
 async fn metrics(State(state): State<AppState>) -> Response {
-    daypass_worker::ops::metrics_response(&state.workers).await
+    daypass_ops::metrics_response(&state.db, &state.queue).await
 }

@@ -1,5 +1,6 @@
-//! The `daypass` binary's library: configuration, startup, HTTP and the GraphQL
-//! layer. Resolvers translate GraphQL to `domain` calls and back.
+//! The API: its configuration, startup, HTTP and the GraphQL layer. Resolvers
+//! translate GraphQL to `domain` calls and back. The `daypass` binary (the `server`
+//! package) runs it, with or without the workers beside it.
 
 pub mod config;
 pub mod console;
@@ -12,41 +13,30 @@ pub mod ws_limits;
 
 use config::Config;
 use daypass_domain::Db;
-use state::AppState;
+use state::{AppState, Connected, RunMaintenance};
+use std::sync::Arc;
 
-/// Connects, migrates, and binds. Returns the bound address and the server future.
-pub async fn start(
-    config: &Config,
-) -> anyhow::Result<(std::net::SocketAddr, AppState, tokio::net::TcpListener)> {
+/// Checks the configuration, connects to and migrates the database, and connects to
+/// the job queue. The workers the process embeds are built on what this returns.
+pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
     if config.test_clock && config.env == "production" {
         anyhow::bail!("DAYPASS_TEST_CLOCK cannot be used with DAYPASS_ENV=production");
     }
-    daypass_worker::ops::metrics_handle();
-    let db = Db::connect(&config.database_url).await?;
+    daypass_ops::metrics_handle();
+    let db = Db::connect(&config.shared.database_url).await?;
     db.migrate().await?;
-    let state = AppState::new(db, config).await?;
+    Connected::new(db, config).await
+}
+
+/// Builds the state to serve (the queue installed as where committed notifications
+/// go, the balance feed started) and binds. Returns the bound address, the state,
+/// and the listener.
+pub async fn start(
+    connected: Connected,
+    config: &Config,
+    maintenance: Arc<dyn RunMaintenance>,
+) -> anyhow::Result<(std::net::SocketAddr, AppState, tokio::net::TcpListener)> {
+    let state = AppState::new(connected, config, maintenance).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     Ok((listener.local_addr()?, state, listener))
 }
-
-/// Logs to stderr: human-readable lines, or with `json` one JSON object a line whose
-/// `span` and `spans` fields carry the enclosing spans' fields (a request's
-/// `request_id` among them).
-pub fn init_tracing(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-pub use daypass_worker::shutdown_signal;

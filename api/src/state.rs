@@ -3,8 +3,45 @@ use crate::graphql::AppSchema;
 use crate::ws_limits::CallerConnections;
 use daypass_domain::store::BalanceFeed;
 use daypass_domain::{Clock, Db, SystemClock, TestClock, auth::OperatorKey};
-use daypass_worker::WorkerDeps;
+use daypass_queue::JobQueue;
+use futures::future::BoxFuture;
 use std::sync::Arc;
+
+/// What the test clock's `runMaintenance` runs: every periodic job once, now,
+/// returning when all are done. The API does not know the jobs; the process that
+/// embeds the workers provides this.
+pub trait RunMaintenance: Send + Sync {
+    fn run_now(&self) -> BoxFuture<'_, daypass_domain::Result<()>>;
+}
+
+/// What the API serves from: the database (migrated) and the job queue, connected,
+/// and the clock of the process. The workers a process embeds share them.
+#[derive(Clone)]
+pub struct Connected {
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+    /// Present only with DAYPASS_TEST_CLOCK=1; then it is `clock` too.
+    pub test_clock: Option<Arc<TestClock>>,
+    pub queue: JobQueue,
+}
+
+impl Connected {
+    /// The clock the configuration asks for, and the job queue it names, beside `db`.
+    pub async fn new(db: Db, config: &Config) -> anyhow::Result<Connected> {
+        let test_clock = config.test_clock.then(|| Arc::new(TestClock::new()));
+        let clock: Arc<dyn Clock> = match &test_clock {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let queue = JobQueue::connect_configured(&config.shared).await?;
+        Ok(Connected {
+            db,
+            clock,
+            test_clock,
+            queue,
+        })
+    }
+}
 
 /// Everything a request handler needs, cheap to clone.
 #[derive(Clone)]
@@ -15,8 +52,10 @@ pub struct AppState {
     pub test_clock: Option<Arc<TestClock>>,
     pub operator_key: OperatorKey,
     pub schema: AppSchema,
-    /// The mailer and the job queue, shared with the embedded workers.
-    pub workers: WorkerDeps,
+    /// The job queue, probed by `/readyz` and `/metrics`.
+    pub queue: JobQueue,
+    /// The test clock's `runMaintenance`.
+    pub maintenance: Arc<dyn RunMaintenance>,
     /// Balance announcements from every process on the database, for `balanceChanged`.
     pub balance_feed: BalanceFeed,
     /// Open WebSocket connections per caller, held to their cap.
@@ -24,17 +63,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn new(db: Db, config: &Config) -> anyhow::Result<AppState> {
-        let test_clock = config.test_clock.then(|| Arc::new(TestClock::new()));
-        let clock: Arc<dyn Clock> = match &test_clock {
-            Some(c) => c.clone(),
-            None => Arc::new(SystemClock),
-        };
-        let workers =
-            WorkerDeps::connect(db.clone(), clock.clone(), &config.worker_config()).await?;
-        if let Some(queue) = &workers.queue {
-            db.install_deliveries(Arc::new(queue.clone()));
-        }
+    /// Installs the queue as where the database's committed notifications go, and
+    /// starts the balance feed.
+    pub async fn new(
+        connected: Connected,
+        config: &Config,
+        maintenance: Arc<dyn RunMaintenance>,
+    ) -> anyhow::Result<AppState> {
+        let Connected {
+            db,
+            clock,
+            test_clock,
+            queue,
+        } = connected;
+        db.install_deliveries(Arc::new(queue.clone()));
         let balance_feed = BalanceFeed::start(&db)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -48,13 +90,10 @@ impl AppState {
                 config.env == "production",
                 config.mutation_rate,
             ),
-            workers,
+            queue,
+            maintenance,
             balance_feed,
             ws_connections: CallerConnections::default(),
         })
-    }
-
-    pub fn worker_deps(&self) -> WorkerDeps {
-        self.workers.clone()
     }
 }

@@ -8,7 +8,7 @@ use axum::{
     response::Response,
 };
 use daypass_domain::charging::OpenOutcome;
-use daypass_worker::ops::names;
+use daypass_ops::names;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;

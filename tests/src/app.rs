@@ -9,16 +9,19 @@ use crate::smtp::{ReceivedMail, SmtpServer};
 use crate::{Api, TestDb};
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use daypass_api::config::Cli;
-use daypass_api::state::AppState;
+use daypass_api::config::Config;
+use daypass_api::state::{AppState, Connected, RunMaintenance};
 use daypass_domain::Db;
-use daypass_worker::MaintenanceReport;
+use daypass_worker::{MaintenanceReport, WorkerDeps};
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 pub struct TestApp {
     /// The database's URL (the same database [`db`](Self::db) reaches).
     pub database_url: String,
     state: AppState,
+    workers: WorkerDeps,
     mail: SmtpServer,
     db: TestDb,
 }
@@ -47,10 +50,11 @@ impl TestApp {
             settings.retain(|(known, _)| known != var);
             settings.push((var, value.to_string()));
         }
-        let state = app_state(&db.db, &settings).await;
+        let (state, workers) = app_state(&db.db, &settings).await;
         TestApp {
             database_url: db.url.clone(),
             state,
+            workers,
             mail,
             db,
         }
@@ -82,7 +86,7 @@ impl TestApp {
     /// Runs the periodic jobs now and returns when they are done: the expiry sweep,
     /// the usage rollup, and every due notification sent or failed.
     pub async fn run_maintenance(&self) -> MaintenanceReport {
-        daypass_worker::run_maintenance_now(&self.state.worker_deps())
+        daypass_worker::run_maintenance_now(&self.workers)
             .await
             .expect("maintenance runs")
     }
@@ -98,20 +102,53 @@ impl TestApp {
     }
 }
 
-/// The one place the harness builds the application's state: from `settings`, the
+/// The API's command line as `daypass` reads it (its defaults included).
+#[derive(Parser)]
+#[command(name = "daypass")]
+struct Flags {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// `runMaintenance`, run by the harness's workers' jobs, as `daypass serve` does.
+struct Maintenance(WorkerDeps);
+
+impl RunMaintenance for Maintenance {
+    fn run_now(&self) -> BoxFuture<'_, daypass_domain::Result<()>> {
+        Box::pin(async move {
+            daypass_worker::run_maintenance_now(&self.0).await?;
+            Ok(())
+        })
+    }
+}
+
+/// The one place the harness builds the application's state, and the workers'
+/// dependencies beside it, as `daypass serve` does: from `settings`, the
 /// `DAYPASS_*` variables of `daypass serve`, passed as their flag twins so that the
-/// binary's own parser fills in its defaults.
-async fn app_state(db: &Db, settings: &[(&str, String)]) -> AppState {
+/// API's own parser fills in its defaults.
+async fn app_state(db: &Db, settings: &[(&str, String)]) -> (AppState, WorkerDeps) {
     let args = settings.iter().map(|(var, value)| {
         let name = var
             .strip_prefix("DAYPASS_")
             .unwrap_or_else(|| panic!("{var} is not a DAYPASS_ variable"));
         format!("--{}={value}", name.to_lowercase().replace('_', "-"))
     });
-    let config = Cli::try_parse_from(std::iter::once("daypass".to_owned()).chain(args))
+    let config = Flags::try_parse_from(std::iter::once("daypass".to_owned()).chain(args))
         .unwrap_or_else(|e| panic!("settings {settings:?}: {e}"))
         .config;
-    AppState::new(db.clone(), &config)
+    let built = async {
+        let connected = Connected::new(db.clone(), &config).await?;
+        let workers = WorkerDeps::new(
+            connected.db.clone(),
+            connected.clock.clone(),
+            connected.queue.clone(),
+            &config.shared,
+        )?;
+        let maintenance = Arc::new(Maintenance(workers.clone()));
+        let state = AppState::new(connected, &config, maintenance).await?;
+        anyhow::Ok((state, workers))
+    };
+    built
         .await
         .unwrap_or_else(|e| panic!("the application's state: {e}"))
 }

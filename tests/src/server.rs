@@ -14,7 +14,7 @@ pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";
 /// returns its path.
 pub fn daypass_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_binary("daypass-api", "daypass"))
+    BIN.get_or_init(|| build_binary("daypass", "daypass"))
         .clone()
 }
 

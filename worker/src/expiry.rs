@@ -13,7 +13,7 @@ pub async fn sweep_now(deps: &WorkerDeps) -> daypass_domain::Result<u64> {
 }
 
 pub async fn on_tick(_tick: Tick, deps: Data<WorkerDeps>) -> Result<(), BoxDynError> {
-    let expired = crate::ops::record_cron_job("expiry_sweep", sweep_now(&deps).await)?;
+    let expired = daypass_ops::record_cron_job("expiry_sweep", sweep_now(&deps).await)?;
     if expired > 0 {
         tracing::info!(expired, "expiry sweep expired lots");
     }

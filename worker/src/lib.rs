@@ -12,31 +12,15 @@ pub mod email;
 pub mod expiry;
 pub mod mailer;
 pub mod notify;
-pub mod ops;
-pub mod queue;
 pub mod rollup;
 
 use apalis::prelude::*;
 use daypass_domain::{Clock, Db};
+use daypass_ops::config::SharedConfig;
+use daypass_queue::{JobQueue, SendFn, restarting_monitor};
 use email::MailSettings;
 use mailer::Mailer;
-use queue::{JobQueue, SendFn};
-use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
-
-/// How the workers reach the outside world (RUNNING.md's variables).
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// DAYPASS_QUEUE_URL; `None` means the database URL.
-    pub queue_url: Option<String>,
-    /// DAYPASS_QUEUE_NAME: processes that share a queue server but not a database
-    /// (tests, staging beside production) need different names.
-    pub queue_name: Option<String>,
-    pub database_url: String,
-    pub smtp_url: Option<String>,
-    pub mail_dir: String,
-    pub mail_from: String,
-    pub public_url: String,
-}
+use std::{future::Future, str::FromStr, sync::Arc};
 
 /// What every job needs.
 #[derive(Clone)]
@@ -45,35 +29,18 @@ pub struct WorkerDeps {
     pub clock: Arc<dyn Clock>,
     pub mailer: Arc<Mailer>,
     pub mail: MailSettings,
-    /// Where send jobs go; without one, notifications are delivered in the task that
-    /// created or found them.
-    pub queue: Option<JobQueue>,
+    /// Where send jobs go.
+    pub queue: JobQueue,
 }
 
 impl WorkerDeps {
-    pub async fn connect(
+    /// The mailer and the e-mails' settings from the configuration, beside the
+    /// database and the queue the process already holds.
+    pub fn new(
         db: Db,
         clock: Arc<dyn Clock>,
-        config: &WorkerConfig,
-    ) -> anyhow::Result<WorkerDeps> {
-        let queue_url = config
-            .queue_url
-            .clone()
-            .filter(|u| !u.is_empty())
-            .unwrap_or(config.database_url.clone());
-        let mut queue_config = queue::QueueConfig::default();
-        if let Some(name) = config.queue_name.clone().filter(|n| !n.is_empty()) {
-            queue_config.queue = name;
-        }
-        let queue = JobQueue::connect_with(&queue_url, queue_config).await?;
-        Self::with_queue(db, clock, config, Some(queue))
-    }
-
-    pub fn with_queue(
-        db: Db,
-        clock: Arc<dyn Clock>,
-        config: &WorkerConfig,
-        queue: Option<JobQueue>,
+        queue: JobQueue,
+        config: &SharedConfig,
     ) -> anyhow::Result<WorkerDeps> {
         let mailer = Mailer::from_config(config.smtp_url.as_deref(), &config.mail_dir)?;
         let mail = MailSettings {
@@ -101,20 +68,8 @@ async fn on_dispatch_tick(
     _tick: apalis_cron::Tick,
     deps: Data<WorkerDeps>,
 ) -> Result<(), BoxDynError> {
-    ops::record_cron_job("outbox_dispatch", notify::dispatch_due(&deps).await)?;
+    daypass_ops::record_cron_job("outbox_dispatch", notify::dispatch_due(&deps).await)?;
     Ok(())
-}
-
-/// A monitor whose workers come back when a passing error stops them (say, the
-/// database was locked or unreachable during a poll or a heartbeat) instead of
-/// staying down.
-pub fn restarting_monitor() -> Monitor {
-    Monitor::new()
-        .shutdown_timeout(Duration::from_secs(30))
-        .should_restart(|ctx, error| {
-            tracing::warn!(worker = %ctx.name(), %error, "worker stopped with an error; restarting");
-            true
-        })
 }
 
 /// One place that registers every job.
@@ -122,7 +77,19 @@ pub fn build_monitor(deps: WorkerDeps) -> Monitor {
     let sweep_deps = deps.clone();
     let dispatch_deps = deps.clone();
     let rollup_deps = deps.clone();
-    let mut monitor = restarting_monitor()
+    let send_deps = deps.clone();
+    let send: SendFn = Arc::new(move |job| {
+        let deps = send_deps.clone();
+        Box::pin(async move {
+            // Send failures are recorded on the notification and retried by the
+            // dispatcher with backoff; only an unreachable database fails the job.
+            notify::deliver(&deps, job.notification_id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    });
+    let monitor = restarting_monitor()
         .register(move |_restarts| {
             WorkerBuilder::new("expiry-sweep")
                 .backend(expiry::scheduler())
@@ -143,22 +110,7 @@ pub fn build_monitor(deps: WorkerDeps) -> Monitor {
                 .data(dispatch_deps.clone())
                 .build(on_dispatch_tick)
         });
-    if let Some(queue) = deps.queue.clone() {
-        let send_deps = deps.clone();
-        let send: SendFn = Arc::new(move |job| {
-            let deps = send_deps.clone();
-            Box::pin(async move {
-                // Send failures are recorded on the notification and retried by the
-                // dispatcher with backoff; only an unreachable database fails the job.
-                notify::deliver(&deps, job.notification_id)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-        });
-        monitor = queue.register_consumer(monitor, send);
-    }
-    monitor
+    deps.queue.register_consumer(monitor, send)
 }
 
 /// Runs every worker until `shutdown` resolves, then lets running jobs finish.
@@ -173,22 +125,6 @@ pub async fn run_until(
         })
         .await
         .map_err(|e| anyhow::anyhow!("workers stopped with an error: {e}"))
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 /// What one maintenance pass did.

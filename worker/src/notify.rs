@@ -4,11 +4,7 @@
 
 use crate::WorkerDeps;
 use crate::email;
-use crate::queue::{JobQueue, SendNotification};
-use daypass_domain::delivery::Deliveries;
 use daypass_domain::notifications::{self, NotificationState};
-use daypass_domain::units::NotificationId;
-use futures::future::BoxFuture;
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +29,7 @@ pub async fn deliver(deps: &WorkerDeps, id: i32) -> daypass_domain::Result<Attem
         Ok(message) => deps.mailer.send(message).await,
         Err(e) => Err(e),
     };
-    crate::ops::record_email(if sent.is_ok() { "sent" } else { "failed" });
+    daypass_ops::record_email(if sent.is_ok() { "sent" } else { "failed" });
     match sent {
         Ok(()) => {
             notifications::mark_sent(&deps.db, id, deps.clock.now()).await?;
@@ -49,53 +45,13 @@ pub async fn deliver(deps: &WorkerDeps, id: i32) -> daypass_domain::Result<Attem
     }
 }
 
-/// Hands new notifications to the queue right after their transaction committed.
-/// A failed push is only logged: the dispatcher finds the notification anyway.
-pub async fn enqueue(deps: &WorkerDeps, ids: &[i32]) {
-    match &deps.queue {
-        Some(q) => push_all(q, ids).await,
-        None => {
-            for &id in ids {
-                if let Err(e) = deliver(deps, id).await {
-                    tracing::warn!(notification = id, error = %e, "delivery failed; the dispatcher will retry");
-                }
-            }
-        }
-    }
-}
-
-async fn push_all(queue: &JobQueue, ids: &[i32]) {
-    for &id in ids {
-        if let Err(e) = queue
-            .push(SendNotification {
-                notification_id: id,
-            })
-            .await
-        {
-            tracing::warn!(notification = id, error = %e, "could not enqueue; the dispatcher will");
-        }
-    }
-}
-
-/// The job queue as the domain's delivery port.
-impl Deliveries for JobQueue {
-    fn committed<'a>(&'a self, notification_ids: &'a [NotificationId]) -> BoxFuture<'a, ()> {
-        Box::pin(push_ids(self, notification_ids))
-    }
-}
-
-async fn push_ids(queue: &JobQueue, ids: &[NotificationId]) {
-    let ids: Vec<i32> = ids.iter().map(|id| id.get()).collect();
-    push_all(queue, &ids).await
-}
-
 /// The periodic pass: expiry reminders that came due, then every due notification
-/// enqueued (or, without a queue, delivered here).
+/// enqueued.
 pub async fn dispatch_due(deps: &WorkerDeps) -> daypass_domain::Result<usize> {
     let now = deps.clock.now();
     notifications::record_expiry_reminders(&deps.db, now).await?;
     let due = notifications::due_notifications(&deps.db, now, 500).await?;
-    enqueue(deps, &due).await;
+    deps.queue.push_notifications(&due).await;
     Ok(due.len())
 }
 

@@ -14,7 +14,7 @@ pub async fn roll_up_now(deps: &WorkerDeps) -> daypass_domain::Result<u32> {
 }
 
 pub async fn on_tick(_tick: Tick, deps: Data<WorkerDeps>) -> Result<(), BoxDynError> {
-    let days = crate::ops::record_cron_job("usage_rollup", roll_up_now(&deps).await)?;
+    let days = daypass_ops::record_cron_job("usage_rollup", roll_up_now(&deps).await)?;
     if days > 0 {
         tracing::info!(days, "usage rollup rolled closed days");
     }

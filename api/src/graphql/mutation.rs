@@ -338,9 +338,7 @@ impl TestClockMutation {
     async fn run_maintenance(&self, ctx: &Context<'_>) -> Result<bool> {
         let r = Req::of(ctx)?;
         r.actor().require_operator().gql()?;
-        daypass_worker::run_maintenance_now(&r.state.worker_deps())
-            .await
-            .gql()?;
+        r.state.maintenance.run_now().await.gql()?;
         Ok(true)
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `cargo build --release -p daypass-api --bin daypass` in this workspace, with the
+/// `cargo build --release -p daypass --bin daypass` in this workspace, with the
 /// environment of a plain build (as `crate::server` does, so a build from
 /// `cargo run` does not rebuild half the tree), and the binary's path.
 pub fn build_release_binary() -> Result<PathBuf> {
@@ -22,7 +22,7 @@ pub fn build_release_binary() -> Result<PathBuf> {
         "-q",
         "--release",
         "-p",
-        "daypass-api",
+        "daypass",
         "--bin",
         "daypass",
     ]);
@@ -31,7 +31,7 @@ pub fn build_release_binary() -> Result<PathBuf> {
     cmd.env("SQLX_OFFLINE", "true");
     let status = cmd.status().context("run cargo build")?;
     if !status.success() {
-        bail!("cargo build --release -p daypass-api failed");
+        bail!("cargo build --release -p daypass failed");
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -714,7 +714,7 @@ fn dockerfile_builds_the_two_binaries_and_copies_exactly_them() {
     }
     let expected: BTreeSet<String> = ["daypass", "daypass-worker"].map(String::from).into();
     assert_eq!(bins, expected, "the image builds both binaries");
-    assert_eq!(workspace["daypass-api"], ["daypass".to_owned()].into());
+    assert_eq!(workspace["daypass"], ["daypass".to_owned()].into());
     assert!(workspace["daypass-worker"].contains("daypass-worker"));
 
     // SQLX_OFFLINE is set for the build.

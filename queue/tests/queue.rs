@@ -5,7 +5,7 @@
 //! server skips the test, except under `CI`, where it fails.
 
 use apalis::prelude::{Monitor, MonitorError};
-use daypass_worker::queue::{JobQueue, QueueConfig, QueueStorage, SendFn, SendNotification};
+use daypass_queue::{JobQueue, QueueConfig, QueueStorage, SendFn, SendNotification};
 use futures::FutureExt;
 use std::{
     collections::HashMap,
@@ -582,7 +582,7 @@ async fn sqlite_queue_shares_the_ledger_file() {
         })
     };
     // As in production (`build_monitor`): a worker stopped by the locked file comes back.
-    let running = start(queue.register_consumer(daypass_worker::restarting_monitor(), send));
+    let running = start(queue.register_consumer(daypass_queue::restarting_monitor(), send));
 
     // The ledger takes the write lock (BEGIN IMMEDIATE) and keeps it for 6 s, while
     // the consumer polls and heart-beats and a producer pushes.

@@ -1,23 +1,45 @@
+//! `daypass`: the one place that puts the API and the workers together. `serve`
+//! runs the API and, with DAYPASS_WORKERS=embedded, every worker in the same process.
+
+mod cli;
+
 use clap::Parser;
-use daypass_api::config::{Cli, Command};
-use daypass_api::{http, init_tracing, shutdown_signal, start};
+use cli::{Cli, Command};
+use daypass_api::http;
+use daypass_api::state::RunMaintenance;
 use daypass_domain::{Actor, Clock, Db, SystemClock, accounts};
+use daypass_ops::{init_tracing, shutdown_signal};
+use daypass_worker::WorkerDeps;
+use futures::future::BoxFuture;
+use std::sync::Arc;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The test clock's `runMaintenance`, run by this process's own workers' jobs.
+struct Maintenance(WorkerDeps);
+
+impl RunMaintenance for Maintenance {
+    fn run_now(&self) -> BoxFuture<'_, daypass_domain::Result<()>> {
+        Box::pin(async move {
+            daypass_worker::run_maintenance_now(&self.0).await?;
+            Ok(())
+        })
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.config;
-    init_tracing(&config.log_format);
+    init_tracing(&config.shared.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Schema => {
             let schema = daypass_api::graphql::AppSchema::build(config.test_clock, false, 0);
             print!("{}", schema.sdl());
         }
         Command::Migrate => {
-            let db = Db::connect(&config.database_url).await?;
+            let db = Db::connect(&config.shared.database_url).await?;
             db.migrate().await?;
             eprintln!("migrations applied");
         }
@@ -26,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
             admin_email,
             admin_name,
         } => {
-            let db = Db::connect(&config.database_url).await?;
+            let db = Db::connect(&config.shared.database_url).await?;
             db.migrate().await?;
             let input = accounts::NewAccount {
                 name,
@@ -43,11 +65,20 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", created.admin_api_key);
         }
         Command::Serve => {
-            let (addr, state, listener) = start(&config).await?;
-            let workers = (config.workers == "embedded").then(|| {
-                let deps = state.worker_deps();
-                tokio::spawn(daypass_worker::run_until(deps, shutdown_signal()))
-            });
+            let connected = daypass_api::connect(&config).await?;
+            // Built even when the workers run elsewhere: `runMaintenance` runs their
+            // jobs here, and a mail setting that cannot work fails the start.
+            let deps = WorkerDeps::new(
+                connected.db.clone(),
+                connected.clock.clone(),
+                connected.queue.clone(),
+                &config.shared,
+            )?;
+            let maintenance = Arc::new(Maintenance(deps.clone()));
+            let (addr, state, listener) =
+                daypass_api::start(connected, &config, maintenance).await?;
+            let workers = (config.workers == "embedded")
+                .then(|| tokio::spawn(daypass_worker::run_until(deps, shutdown_signal())));
             let app = http::router(state, config.cors_origins.as_deref());
             tracing::info!(%addr, workers = %config.workers, "daypass listening; GraphiQL at http://{addr}/graphql");
             println!("listening on {addr}");

@@ -1,5 +1,6 @@
 //! The job queue for background jobs (today: sending notifications from the outbox),
-//! on apalis 1.0. The backend is chosen by the URL (`DAYPASS_QUEUE_URL`):
+//! on apalis 1.0: the producer the domain's committed notifications go to, the job's
+//! payload, and the consumer the workers register. The backend is chosen by the URL (`DAYPASS_QUEUE_URL`):
 //!
 //! | URL            | storage                                                    |
 //! |----------------|------------------------------------------------------------|
@@ -33,6 +34,8 @@
 //!   never collide on the backends' worker registration; a dead worker's jobs are
 //!   re-enqueued by the live workers' heartbeats after the orphan timeout.
 
+mod deliveries;
+
 use anyhow::{Context as _, bail};
 use apalis::layers::retry::{
     HasherRng,
@@ -42,6 +45,8 @@ use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
+use daypass_ops::QueueProbe;
+use daypass_ops::config::SharedConfig;
 use futures::{FutureExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 use sqlx::{
@@ -181,6 +186,16 @@ impl JobQueue {
         Self::connect_with(url, QueueConfig::default()).await
     }
 
+    /// Connects to the queue the configuration names (DAYPASS_QUEUE_URL, else the
+    /// database; DAYPASS_QUEUE_NAME, else the default name), tuned for production.
+    pub async fn connect_configured(config: &SharedConfig) -> anyhow::Result<JobQueue> {
+        let mut queue_config = QueueConfig::default();
+        if let Some(name) = config.queue_name() {
+            queue_config.queue = name.to_owned();
+        }
+        Self::connect_with(config.queue_url(), queue_config).await
+    }
+
     /// Connects to `sqlite://…`, `postgres://…` or `redis://…` with its own pool /
     /// connection and creates or migrates the backend's tables.
     pub async fn connect_with(url: &str, config: QueueConfig) -> anyhow::Result<JobQueue> {
@@ -311,11 +326,29 @@ impl JobQueue {
     }
 }
 
-/// How many jobs a queue holds, by state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct QueueDepth {
-    pub pending: u64,
-    pub running: u64,
+pub use daypass_ops::QueueDepth;
+
+/// The queue as `/readyz` and `/metrics` probe it.
+impl QueueProbe for JobQueue {
+    fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(JobQueue::ping(self))
+    }
+
+    fn depth(&self) -> BoxFuture<'_, anyhow::Result<QueueDepth>> {
+        Box::pin(JobQueue::depth(self))
+    }
+}
+
+/// A monitor whose workers come back when a passing error stops them (say, the
+/// database was locked or unreachable during a poll or a heartbeat) instead of
+/// staying down.
+pub fn restarting_monitor() -> Monitor {
+    Monitor::new()
+        .shutdown_timeout(Duration::from_secs(30))
+        .should_restart(|ctx, error| {
+            tracing::warn!(worker = %ctx.name(), %error, "worker stopped with an error; restarting");
+            true
+        })
 }
 
 /// What every attempt needs.
@@ -343,16 +376,16 @@ async fn run_job(
         .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
     match result {
         Ok(()) => {
-            crate::ops::record_job(JOB_KIND, "succeeded");
+            daypass_ops::record_job(JOB_KIND, "succeeded");
             Ok(())
         }
         Err(e) if attempt >= ctx.max_attempts => {
-            crate::ops::record_job(JOB_KIND, "failed");
+            daypass_ops::record_job(JOB_KIND, "failed");
             tracing::warn!(notification_id = id, attempt, error = %e, "giving up sending notification");
             Err(AbortError::new(JobFailed(e)).into())
         }
         Err(e) => {
-            crate::ops::record_job(JOB_KIND, "retried");
+            daypass_ops::record_job(JOB_KIND, "retried");
             tracing::info!(notification_id = id, attempt, error = %e, "sending notification failed; will retry");
             Err(JobFailed(e).into())
         }
