@@ -1,32 +1,15 @@
 //! `daypass`: the one place that puts the API and the workers together. `serve`
 //! runs the API and, with DAYPASS_WORKERS=embedded, every worker in the same process.
 
-mod cli;
-
 use clap::Parser;
-use cli::{Cli, Command};
 use daypass_api::http;
-use daypass_api::state::RunMaintenance;
 use daypass_domain::{Actor, Clock, Db, SystemClock, accounts};
 use daypass_ops::{init_tracing, shutdown_signal};
-use daypass_worker::WorkerDeps;
-use futures::future::BoxFuture;
-use std::sync::Arc;
+use daypass_server::cli::{Cli, Command};
+use daypass_server::workers_beside;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The test clock's `runMaintenance`, run by this process's own workers' jobs.
-struct Maintenance(WorkerDeps);
-
-impl RunMaintenance for Maintenance {
-    fn run_now(&self) -> BoxFuture<'_, daypass_domain::Result<()>> {
-        Box::pin(async move {
-            daypass_worker::run_maintenance_now(&self.0).await?;
-            Ok(())
-        })
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -66,15 +49,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let connected = daypass_api::connect(&config).await?;
-            // Built even when the workers run elsewhere: `runMaintenance` runs their
-            // jobs here, and a mail setting that cannot work fails the start.
-            let deps = WorkerDeps::new(
-                connected.db.clone(),
-                connected.clock.clone(),
-                connected.queue.clone(),
-                &config.shared,
-            )?;
-            let maintenance = Arc::new(Maintenance(deps.clone()));
+            let (deps, maintenance) = workers_beside(&connected, &config.shared)?;
             let (addr, state, listener) =
                 daypass_api::start(connected, &config, maintenance).await?;
             let workers = (config.workers == "embedded")

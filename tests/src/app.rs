@@ -10,12 +10,10 @@ use crate::{Api, TestDb};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use daypass_api::config::Config;
-use daypass_api::state::{AppState, Connected, RunMaintenance};
+use daypass_api::state::{AppState, Connected};
 use daypass_domain::Db;
 use daypass_worker::{MaintenanceReport, WorkerDeps};
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
-use std::sync::Arc;
 
 pub struct TestApp {
     /// The database's URL (the same database [`db`](Self::db) reaches).
@@ -110,18 +108,6 @@ struct Flags {
     config: Config,
 }
 
-/// `runMaintenance`, run by the harness's workers' jobs, as `daypass serve` does.
-struct Maintenance(WorkerDeps);
-
-impl RunMaintenance for Maintenance {
-    fn run_now(&self) -> BoxFuture<'_, daypass_domain::Result<()>> {
-        Box::pin(async move {
-            daypass_worker::run_maintenance_now(&self.0).await?;
-            Ok(())
-        })
-    }
-}
-
 /// The one place the harness builds the application's state, and the workers'
 /// dependencies beside it, as `daypass serve` does: from `settings`, the
 /// `DAYPASS_*` variables of `daypass serve`, passed as their flag twins so that the
@@ -138,13 +124,7 @@ async fn app_state(db: &Db, settings: &[(&str, String)]) -> (AppState, WorkerDep
         .config;
     let built = async {
         let connected = Connected::new(db.clone(), &config).await?;
-        let workers = WorkerDeps::new(
-            connected.db.clone(),
-            connected.clock.clone(),
-            connected.queue.clone(),
-            &config.shared,
-        )?;
-        let maintenance = Arc::new(Maintenance(workers.clone()));
+        let (workers, maintenance) = daypass_server::workers_beside(&connected, &config.shared)?;
         let state = AppState::new(connected, &config, maintenance).await?;
         anyhow::Ok((state, workers))
     };
