@@ -148,18 +148,6 @@ macro_rules! id {
 }
 
 id!(
-    /// An account (a team).
-    AccountId
-);
-id!(
-    /// A user of an account.
-    UserId
-);
-id!(
-    /// A product of the catalog.
-    ProductId
-);
-id!(
     /// A lot of tokens bought together.
     LotId
 );
