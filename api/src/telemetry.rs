@@ -143,6 +143,32 @@ pub fn record_open(outcome: &OpenOutcome) {
     }
 }
 
+/// Counts a heartbeat: its outcome, and a renewal's charge.
+pub fn record_heartbeat(outcome: &daypass_domain::sessions::HeartbeatOutcome) {
+    let label = outcome.deny_reason.map_or("granted", |r| r.as_str());
+    metrics::counter!(names::HEARTBEATS, "outcome" => label).increment(1);
+    if outcome.tokens_charged.get() > 0 {
+        metrics::counter!(names::SESSION_RENEWALS).increment(1);
+        metrics::counter!(names::CHARGES).increment(1);
+        metrics::counter!(names::TOKENS_CHARGED)
+            .increment(u64::try_from(outcome.tokens_charged.get()).unwrap_or(0));
+    }
+    if !outcome.granted && outcome.deny_reason != Some(daypass_domain::DenyReason::SessionEnded) {
+        metrics::counter!(names::SESSIONS_ENDED, "state" => "DENIED").increment(1);
+    }
+}
+
+/// Counts a close that ended a session, and its refund.
+pub fn record_close(outcome: &daypass_domain::sessions::CloseOutcome) {
+    if outcome.ended {
+        let state = outcome.session.state.as_str();
+        metrics::counter!(names::SESSIONS_ENDED, "state" => state).increment(1);
+        if outcome.refunded {
+            metrics::counter!(names::SESSION_REFUNDS, "ended" => state).increment(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

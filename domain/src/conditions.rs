@@ -4,7 +4,7 @@
 //! a real database holds each pair together.
 
 use crate::vocabulary::LotStatus;
-use daypass_entity::{lot, subscription};
+use daypass_entity::{lot, session, subscription};
 use sea_orm::DatabaseBackend;
 use sea_orm::sea_query::{
     Condition, DynIden, Expr, ExprTrait, IntoIden, PostgresQueryBuilder, Query, SqliteQueryBuilder,
@@ -60,6 +60,24 @@ pub fn active_subscription(subscriptions: impl IntoIden, at: impl Into<Expr>) ->
     Expr::col((subscriptions.clone(), subscription::Column::StartsAt))
         .lte(at.clone())
         .and(Expr::col((subscriptions, subscription::Column::EndsAt)).gt(at))
+}
+
+/// Rule 20: a session of `sessions` (the table or an alias) has lapsed
+/// ([`crate::rules::session_lapsed`]), given the cutoffs of
+/// [`crate::rules::lapse_cutoffs`] for the instant asked about.
+pub fn lapsed_session(
+    sessions: impl IntoIden,
+    heartbeat_cutoff: impl Into<Expr>,
+    unwatched_cutoff: impl Into<Expr>,
+) -> Expr {
+    let sessions: DynIden = sessions.into_iden();
+    let last = || Expr::col((sessions.clone(), session::Column::LastHeartbeatAt));
+    last()
+        .is_not_null()
+        .and(last().lte(heartbeat_cutoff))
+        .or(last()
+            .is_null()
+            .and(Expr::col((sessions.clone(), session::Column::StartedAt)).lte(unwatched_cutoff)))
 }
 
 /// A column of a table or alias in a statement written by hand, as a condition's `at`.

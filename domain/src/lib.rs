@@ -13,6 +13,7 @@ pub mod clock;
 pub mod conditions;
 pub mod delivery;
 pub mod error;
+pub mod leases;
 pub mod ledger;
 pub mod lots;
 pub mod notifications;
@@ -22,6 +23,7 @@ pub mod rollups;
 pub mod rules;
 #[cfg(test)]
 mod rules_properties;
+pub mod sessions;
 pub mod store;
 pub mod subscriptions;
 pub mod units;

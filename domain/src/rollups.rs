@@ -27,6 +27,7 @@ mod user_blocks;
 pub use day::{day_aggregates, days_with_usage, rolled_through};
 pub use distinct_users::{UserCount, UserWindow, window_users};
 pub use grouped::{GroupKey, GroupRow, Grouping, RowFilter, rolled_groups};
+pub(crate) use job::after_refund;
 pub use job::{CHUNK_ROWS, roll_up, roll_up_in_chunks, roll_up_stopping_after};
 
 /// A day is rolled up only this long after it ended, so a write that read the clock

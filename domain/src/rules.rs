@@ -4,6 +4,9 @@ use crate::units::{LotId, MinorUnits, Tokens};
 use crate::vocabulary::{LotStatus, PlanLevel};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 
+mod session;
+pub use session::*;
+
 /// Largest quantity an account admin may buy at once (rule 4).
 pub const SELF_SERVICE_LIMIT: i64 = 10_000;
 /// Largest quantity one purchase may carry at all, so money stays well inside i64

@@ -53,8 +53,14 @@ vocabulary!(DenyReason {
     InsufficientTokens => "INSUFFICIENT_TOKENS",
     UnknownProduct => "UNKNOWN_PRODUCT",
     UserDeactivated => "USER_DEACTIVATED",
+    SessionEnded => "SESSION_ENDED",
 });
-vocabulary!(LedgerKind { Purchase => "PURCHASE", Charge => "CHARGE", Expiry => "EXPIRY", Adjustment => "ADJUSTMENT" });
+vocabulary!(LedgerKind { Purchase => "PURCHASE", Charge => "CHARGE", Expiry => "EXPIRY", Adjustment => "ADJUSTMENT", Refund => "REFUND" });
+vocabulary!(
+    /// Where a session stands (rule 20). A session stored as OPEN whose heartbeats
+    /// stopped is reported LAPSED before the worker ends it.
+    SessionState { Open => "OPEN", Closed => "CLOSED", Lapsed => "LAPSED", Denied => "DENIED" }
+);
 
 pub(crate) fn parse<T: std::str::FromStr<Err = DomainError>>(s: &str) -> Result<T, DomainError> {
     s.parse()

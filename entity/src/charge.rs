@@ -13,6 +13,10 @@ pub struct Model {
     pub cost_minor: i64,
     pub window_starts_at: DateTimeUtc,
     pub window_ends_at: DateTimeUtc,
+    /// The session whose open or renewal paid it.
+    pub session_id: Option<String>,
+    /// Set when a short launch was refunded (rule 21).
+    pub refunded_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

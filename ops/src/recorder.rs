@@ -51,6 +51,30 @@ fn describe() {
         names::JOBS,
         "Job runs by kind and outcome (succeeded, failed, retried)."
     );
+    describe_gauge!(
+        names::SESSIONS_OPEN,
+        "Sessions open now (not ended, not lapsed), as the last lapse sweep counted them."
+    );
+    describe_counter!(
+        names::HEARTBEATS,
+        "Heartbeats by outcome (granted, or the deny reason)."
+    );
+    describe_counter!(
+        names::SESSION_RENEWALS,
+        "Heartbeats that charged again past the window."
+    );
+    describe_counter!(
+        names::SESSION_REFUNDS,
+        "Short launches refunded, by how the session ended (closed or lapsed)."
+    );
+    describe_counter!(
+        names::SESSION_LAPSES,
+        "Sessions ended as lapsed by the sweep."
+    );
+    describe_counter!(
+        names::SESSIONS_ENDED,
+        "Sessions ended by a close or a heartbeat, by how they ended."
+    );
     describe_counter!(names::EMAILS, "E-mails handed over (sent) or not (failed).");
     describe_gauge!(
         names::DB_POOL_CONNECTIONS,

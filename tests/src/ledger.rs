@@ -21,7 +21,8 @@ pub async fn count(db: &Db, sql: &str) -> i64 {
 /// SQLite's integrity check; each lot's quantity = used + expired + remaining with
 /// nothing negative; each account's ledger sums to what its lots hold; no two
 /// charges of one user and product overlap in time (one charge per window); each
-/// charge has ledger entries for exactly its tokens; each lot's ledger entries sum to
+/// charge has ledger entries for exactly its tokens, and a refunded one refund
+/// entries for them; each lot's ledger entries sum to
 /// what it holds.
 pub async fn check_ledger(db: &Db) {
     if db.backend() == DatabaseBackend::Sqlite {
@@ -76,10 +77,22 @@ pub async fn check_ledger(db: &Db) {
         count(
             db,
             "SELECT COUNT(*) FROM charges c WHERE c.tokens <> -(SELECT COALESCE(SUM(tokens), 0) \
-             FROM ledger_entries e WHERE e.charge_id = c.id)"
+             FROM ledger_entries e WHERE e.charge_id = c.id AND e.kind = 'CHARGE')"
         )
         .await,
         0,
         "every charge has ledger entries for exactly its tokens"
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT COUNT(*) FROM charges c WHERE \
+             (SELECT COALESCE(SUM(tokens), 0) FROM ledger_entries e \
+              WHERE e.charge_id = c.id AND e.kind = 'REFUND') \
+             <> CASE WHEN c.refunded_at IS NULL THEN 0 ELSE c.tokens END"
+        )
+        .await,
+        0,
+        "a refunded charge gave back exactly its tokens, once; no other charge gave any back"
     );
 }

@@ -56,6 +56,8 @@ struct Fixture {
     admin_b: String,
     product: String,
     subscription_a: String,
+    /// A session of member A.
+    session_a: String,
     /// One user of A per caller, for `deactivateUser`.
     victims: Vec<String>,
 }
@@ -86,6 +88,9 @@ fn none(_: &Fixture, _: usize) -> Value {
 }
 fn account_a(f: &Fixture, _: usize) -> Value {
     json!({"a": f.account_a})
+}
+fn session_a(f: &Fixture, _: usize) -> Value {
+    json!({"s": f.session_a})
 }
 
 /// The matrix. Columns: no key, member, analyst, admin, other account's admin, operator.
@@ -127,6 +132,18 @@ fn rows() -> Vec<Row> {
             doc: "query($a: ID) { account(id: $a) { usageReport(from: \"2026-01-01\", to: \"2026-12-31\", groupBy: [USER]) { tokens } } }",
             vars: account_a,
             expect: [Unauth, Yes, Yes, Yes, Refused, Yes],
+        },
+        Row {
+            field: "account.sessions",
+            doc: "query($a: ID) { account(id: $a) { sessions { edges { node { id state } } } } }",
+            vars: account_a,
+            expect: [Unauth, Yes, Yes, Yes, Refused, Yes],
+        },
+        Row {
+            field: "accessCheck",
+            doc: "{ accessCheck(productCode: \"authz-open\") { granted } }",
+            vars: none,
+            expect: [Unauth, Yes, Forbid, Yes, Yes, Forbid],
         },
         Row {
             field: "account.charges",
@@ -232,8 +249,21 @@ fn rows() -> Vec<Row> {
             expect: [Unauth, Yes, Forbid, Yes, Yes, Forbid],
         },
         Row {
+            field: "heartbeat",
+            doc: "mutation($s: ID!) { heartbeat(input: {sessionId: $s}) { granted } }",
+            vars: session_a,
+            // Only the session's own user: to anyone else it does not exist.
+            expect: [Unauth, Yes, Refused, Refused, Refused, Refused],
+        },
+        Row {
+            field: "closeProduct",
+            doc: "mutation($s: ID!) { closeProduct(sessionId: $s) { state } }",
+            vars: session_a,
+            expect: [Unauth, Yes, Forbid, Yes, Refused, Yes],
+        },
+        Row {
             field: "advanceClock",
-            doc: "mutation { advanceClock(hours: 0) }",
+            doc: "mutation { advanceClock(hours: 0, minutes: 0) }",
             vars: none,
             expect: [Unauth, Forbid, Forbid, Forbid, Forbid, Yes],
         },
@@ -316,7 +346,15 @@ async fn fixture(s: &impl Api) -> Fixture {
         .ok(Some(&admin_a), "mutation($p: ID!) { addSubscription(input: {productId: $p, planLevel: STANDARD, seats: 2, startsAt: \"2026-01-01T00:00:00Z\", endsAt: \"2027-01-01T00:00:00Z\"}) { id } }",
             json!({"p": product}))
         .await["addSubscription"]["id"]);
+    let session_a = id(&s
+        .ok(
+            Some(&member_a),
+            "mutation { openProduct(input: {productCode: \"authz-open\"}) { session { id } } }",
+            json!({}),
+        )
+        .await["openProduct"]["session"]["id"]);
     Fixture {
+        session_a,
         account_a,
         admin_a,
         member_a,

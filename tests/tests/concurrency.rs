@@ -12,6 +12,7 @@ fn open(code: &str) -> OpenRequest {
     OpenRequest {
         product_code: code.into(),
         version: None,
+        ..Default::default()
     }
 }
 

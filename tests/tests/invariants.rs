@@ -67,6 +67,7 @@ async fn run(steps: Vec<Step>) {
                     OpenRequest {
                         product_code: codes[product].into(),
                         version: None,
+                        ..Default::default()
                     },
                 )
                 .await

@@ -18,3 +18,4 @@ mod ops;
 mod reports;
 mod rules;
 mod scale;
+mod sessions;

@@ -95,6 +95,7 @@ async fn open_at(db: &Db, actor: &Actor, now: DateTime<Utc>, code: &str) -> Open
         OpenRequest {
             product_code: code.into(),
             version: None,
+            ..Default::default()
         },
     )
     .await

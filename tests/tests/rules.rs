@@ -40,6 +40,7 @@ fn req(code: &str) -> OpenRequest {
     OpenRequest {
         product_code: code.into(),
         version: None,
+        ..Default::default()
     }
 }
 
@@ -47,6 +48,7 @@ fn req_v(code: &str, version: &str) -> OpenRequest {
     OpenRequest {
         product_code: code.into(),
         version: Some(version.into()),
+        ..Default::default()
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Jobs (all registered in [`build_monitor`]):
 //! - the expiry sweep, every minute (apalis-cron);
+//! - the lapsed-session sweep, every minute;
 //! - the usage rollup, every five minutes;
 //! - the outbox dispatcher, every 10 seconds: records due expiry reminders and
 //!   (re-)enqueues every due notification;
@@ -13,6 +14,7 @@ pub mod expiry;
 pub mod mailer;
 pub mod notify;
 pub mod rollup;
+pub mod sessions;
 
 use apalis::prelude::*;
 use daypass_domain::{Clock, Db};
@@ -77,6 +79,7 @@ pub fn build_monitor(deps: WorkerDeps) -> Monitor {
     let sweep_deps = deps.clone();
     let dispatch_deps = deps.clone();
     let rollup_deps = deps.clone();
+    let lapse_deps = deps.clone();
     let send_deps = deps.clone();
     let send: SendFn = Arc::new(move |job| {
         let deps = send_deps.clone();
@@ -95,6 +98,12 @@ pub fn build_monitor(deps: WorkerDeps) -> Monitor {
                 .backend(expiry::scheduler())
                 .data(sweep_deps.clone())
                 .build(expiry::on_tick)
+        })
+        .register(move |_restarts| {
+            WorkerBuilder::new("session-lapses")
+                .backend(sessions::scheduler())
+                .data(lapse_deps.clone())
+                .build(sessions::on_tick)
         })
         .register(move |_restarts| {
             WorkerBuilder::new("usage-rollup")
@@ -131,20 +140,24 @@ pub async fn run_until(
 #[derive(Debug, Clone, Default)]
 pub struct MaintenanceReport {
     pub lots_expired: u64,
+    pub sessions_lapsed: u64,
     pub days_rolled: u32,
     pub notifications_sent: usize,
     pub notifications_failed: usize,
 }
 
 /// Runs every periodic job once, now, and returns when all are done (the test
-/// clock's `runMaintenance`): the expiry sweep, the usage rollup, then every due
+/// clock's `runMaintenance`): the expiry sweep, lapsed sessions (whose refunds the
+/// rollup must see), the usage rollup, then every due
 /// notification is delivered or has failed.
 pub async fn run_maintenance_now(deps: &WorkerDeps) -> daypass_domain::Result<MaintenanceReport> {
     let lots_expired = expiry::sweep_now(deps).await?;
+    let sessions_lapsed = sessions::end_lapsed_now(deps).await?.lapsed;
     let days_rolled = rollup::roll_up_now(deps).await?;
     let (notifications_sent, notifications_failed) = notify::deliver_due_now(deps).await?;
     Ok(MaintenanceReport {
         lots_expired,
+        sessions_lapsed,
         days_rolled,
         notifications_sent,
         notifications_failed,

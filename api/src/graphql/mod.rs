@@ -9,6 +9,7 @@ pub mod parsed;
 pub mod query;
 pub mod rate;
 pub mod reports;
+pub mod sessions;
 pub mod subscription;
 pub mod types;
 
@@ -21,7 +22,7 @@ use subscription::{FreshRequestPerExecution, Subscription};
 // a doc comment here would become the type's description in the SDL.)
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct PlainMutation(mutation::Mutation);
+pub struct PlainMutation(mutation::Mutation, sessions::SessionMutation);
 
 pub type PlainSchema = Schema<query::Query, PlainMutation, Subscription>;
 
@@ -29,7 +30,11 @@ pub type PlainSchema = Schema<query::Query, PlainMutation, Subscription>;
 // introspection see the contract's name in both modes.
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationWithClock(mutation::Mutation, mutation::TestClockMutation);
+pub struct MutationWithClock(
+    mutation::Mutation,
+    sessions::SessionMutation,
+    mutation::TestClockMutation,
+);
 
 pub type ClockSchema = Schema<query::Query, MutationWithClock, Subscription>;
 
@@ -143,7 +148,7 @@ mod tests {
         let clock = AppSchema::build(true, false, 0).sdl();
         assert!(!plain.contains("advanceClock") && !plain.contains("runMaintenance"));
         assert!(
-            clock.contains("advanceClock(hours: Int!): DateTime!")
+            clock.contains("advanceClock(hours: Int!, minutes: Int = 0): DateTime!")
                 && clock.contains("runMaintenance: Boolean!")
         );
     }

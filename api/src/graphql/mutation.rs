@@ -1,8 +1,9 @@
 use super::context::{Req, parse_id, parse_opt_id};
 use super::error::GqlResult;
+use super::sessions::OpenProductResult;
 use super::types::{
-    Account, CreateAccountPayload, CreateUserPayload, OpenProductResult, PlanLevel, PriceBand,
-    Product, ProductSubscription, Role, TokenLot, User,
+    Account, CreateAccountPayload, CreateUserPayload, PlanLevel, PriceBand, Product,
+    ProductSubscription, Role, TokenLot, User,
 };
 use async_graphql::{Context, ID, InputObject, Object, Result};
 use chrono::{DateTime, Utc};
@@ -60,6 +61,11 @@ pub struct AddSubscriptionInput {
 pub struct OpenProductInput {
     pub product_code: String,
     pub version: Option<String>,
+    /// The launcher's machine; defaults to "default".
+    pub device_id: Option<String>,
+    /// Ask for an offline lease (rule 23).
+    #[graphql(default_with = "Some(false)")]
+    pub offline: Option<bool>,
 }
 
 #[derive(InputObject)]
@@ -302,12 +308,14 @@ impl Mutation {
         let req = charging::OpenRequest {
             product_code: input.product_code,
             version: input.version,
+            device_id: input.device_id,
+            offline: input.offline.unwrap_or(false),
         };
         let outcome = charging::open_product(r.db(), r.actor(), r.now, req)
             .await
             .gql()?;
         crate::telemetry::record_open(&outcome);
-        Ok(outcome.into())
+        OpenProductResult::of(outcome, r.now)
     }
 }
 
@@ -318,7 +326,13 @@ pub struct TestClockMutation;
 #[Object]
 impl TestClockMutation {
     /// Operator only: moves the service's clock forward.
-    async fn advance_clock(&self, ctx: &Context<'_>, hours: i32) -> Result<DateTime<Utc>> {
+    async fn advance_clock(
+        &self,
+        ctx: &Context<'_>,
+        hours: i32,
+        #[graphql(default_with = "Some(0)")] minutes: Option<i32>,
+    ) -> Result<DateTime<Utc>> {
+        let minutes = minutes.unwrap_or(0);
         let r = Req::of(ctx)?;
         r.actor().require_operator().gql()?;
         if !(0..=24 * 365 * 10).contains(&hours) {
@@ -326,15 +340,24 @@ impl TestClockMutation {
                 "hours must be between 0 and 87,600",
             ));
         }
+        if !(0..=60 * 24 * 366).contains(&minutes) {
+            return Err(super::error::bad_input(
+                "minutes must be between 0 and 527,040",
+            ));
+        }
         let clock = r
             .state
             .test_clock
             .as_ref()
             .ok_or_else(|| super::error::bad_input("the test clock is off"))?;
-        Ok(clock.advance(chrono::Duration::hours(hours as i64)))
+        Ok(clock.advance(
+            chrono::Duration::hours(i64::from(hours))
+                + chrono::Duration::minutes(i64::from(minutes)),
+        ))
     }
 
-    /// Operator only: runs the expiry sweep now and returns when it is done.
+    /// Operator only: runs every background job that is due now (the expiry sweep,
+    /// lapsed sessions, rollups, the outbox) and returns when each is done.
     async fn run_maintenance(&self, ctx: &Context<'_>) -> Result<bool> {
         let r = Req::of(ctx)?;
         r.actor().require_operator().gql()?;

@@ -56,6 +56,15 @@ impl Query {
         Ok(list.bands.iter().map(PriceBand::from).collect())
     }
 
+    /// What openProduct would answer now, with no effect at all.
+    async fn access_check(
+        &self,
+        ctx: &Context<'_>,
+        product_code: String,
+    ) -> Result<super::sessions::AccessCheck> {
+        super::sessions::access_check(ctx, product_code).await
+    }
+
     async fn price_quote(&self, ctx: &Context<'_>, quantity: i64) -> Result<PriceQuote> {
         let r = Req::of(ctx)?;
         Ok(catalog::quote(r.db(), r.actor(), quantity)

@@ -56,7 +56,8 @@ mirror_enum!(
         ProductRestricted,
         InsufficientTokens,
         UnknownProduct,
-        UserDeactivated
+        UserDeactivated,
+        SessionEnded
     }
 );
 mirror_enum!(
@@ -64,7 +65,8 @@ mirror_enum!(
         Purchase,
         Charge,
         Expiry,
-        Adjustment
+        Adjustment,
+        Refund
     }
 );
 
@@ -113,6 +115,8 @@ macro_rules! connection {
         }
     };
 }
+
+pub(crate) use connection;
 
 connection!(AccountConnection, AccountEdge, Account);
 connection!(TokenLotConnection, TokenLotEdge, TokenLot);
@@ -269,6 +273,17 @@ impl Account {
         .await
         .gql()?;
         Ok(ChargeConnection::from_page(page, Charge))
+    }
+    /// Members see their own sessions only.
+    async fn sessions(
+        &self,
+        ctx: &Context<'_>,
+        state: Option<super::sessions::SessionState>,
+        user_id: Option<ID>,
+        #[graphql(default_with = "Some(50)")] first: Option<i64>,
+        after: Option<String>,
+    ) -> Result<super::sessions::SessionConnection> {
+        super::sessions::account_sessions(ctx, self.0.id, state, user_id, first, after).await
     }
     /// Usage for the UTC days `from`..`to` (both included), grouped by any of the
     /// dimensions; members get their own usage only.
@@ -537,6 +552,10 @@ impl Charge {
     async fn window_ends_at(&self) -> DateTime<Utc> {
         self.0.window_ends_at
     }
+    /// A short launch's charge given back (rule 21).
+    async fn refunded(&self) -> bool {
+        self.0.refunded_at.is_some()
+    }
 }
 
 pub struct LedgerEntry(pub entity::ledger_entry::Model);
@@ -604,31 +623,6 @@ impl From<catalog::Quote> for PriceQuote {
             total_minor: q.total_minor,
             currency: q.currency,
             self_service: q.self_service,
-        }
-    }
-}
-
-#[derive(SimpleObject)]
-pub struct OpenProductResult {
-    pub granted: bool,
-    pub source: Option<AccessSource>,
-    pub tokens_charged: i64,
-    pub window_ends_at: Option<DateTime<Utc>>,
-    pub deny_reason: Option<DenyReason>,
-    pub balance: i64,
-    pub plan_level: PlanLevel,
-}
-
-impl From<domain::charging::OpenOutcome> for OpenProductResult {
-    fn from(o: domain::charging::OpenOutcome) -> Self {
-        OpenProductResult {
-            granted: o.granted,
-            source: o.source.map(Into::into),
-            tokens_charged: o.tokens_charged.get(),
-            window_ends_at: o.window_ends_at,
-            deny_reason: o.deny_reason.map(Into::into),
-            balance: o.balance.get(),
-            plan_level: o.plan_level.into(),
         }
     }
 }

@@ -7,7 +7,7 @@ use super::writes::charge_together;
 use super::{OpenOutcome, OpenRecord, Outcome};
 use crate::error::{DomainError, Result};
 use crate::store::{BatchFuture, Db, GroupCommit};
-use daypass_entity::open;
+use daypass_entity::{open, session};
 use sea_orm::EntityTrait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,13 +71,60 @@ fn run_records(db: Db, _key: i32, mut items: Vec<(OpenRecord, Outcome)>) -> Batc
         // after row: in account id order, the order charging batches lock accounts
         // in, so the two never wait for each other in a circle.
         items.sort_by_key(|(record, _)| record.account_id);
-        // One statement commits alone: no BEGIN and COMMIT round trips.
-        let _turn = db.write_turn().await;
-        open::Entity::insert_many(items.iter().map(|(r, o)| r.model(*o)))
-            .exec_without_returning(db.records_conn())
-            .await?;
+        let sessions: Vec<session::ActiveModel> = items
+            .iter()
+            .filter_map(|(r, o)| r.session(*o))
+            .map(session::ActiveModel::from)
+            .collect();
+        let opens = items.iter().map(|(r, o)| r.model(*o));
+        if sessions.is_empty() {
+            // One statement commits alone: no BEGIN and COMMIT round trips.
+            let _turn = db.write_turn().await;
+            open::Entity::insert_many(opens)
+                .exec_without_returning(db.records_conn())
+                .await?;
+        } else {
+            let tx = db.begin_records_write().await?;
+            open::Entity::insert_many(opens)
+                .exec_without_returning(&*tx)
+                .await?;
+            session::Entity::insert_many(sessions)
+                .exec_without_returning(&*tx)
+                .await?;
+            tx.commit().await?;
+        }
         Ok((0..n).map(|_| Ok(())).collect())
     })
+}
+
+/// Rule 22: a heartbeat's charge past the window, through the same batches and
+/// rules as an open's. `None` when the session's product has left the catalog.
+pub(crate) async fn renew(
+    db: &Db,
+    session: &daypass_entity::session::Model,
+    product: daypass_entity::product::Model,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<OpenOutcome> {
+    let request = ChargeRequest {
+        record: OpenRecord {
+            account_id: session.account_id,
+            user_id: session.user_id,
+            product_id: Some(product.id),
+            code: product.code.clone(),
+            version: session.version.clone(),
+            now,
+            session_id: session.id.clone(),
+            device_id: session.device_id.clone(),
+        },
+        product,
+        renewal: true,
+    };
+    let answer = batches(db)
+        .charges
+        .submit(db, charge_queue(db, session.account_id), request)
+        .await?;
+    db.deliveries().committed(&answer.notifications).await;
+    Ok(answer)
 }
 
 fn run_charges(db: Db, _key: i32, items: Vec<ChargeRequest>) -> BatchFuture<OpenOutcome> {

@@ -7,10 +7,14 @@
 //! ([`batches`]): under the accounts' locks the batch is read again, planned in
 //! memory by pure rules ([`plan`]), and written in one transaction ([`writes`]).
 
+mod access_check;
 mod batches;
 mod plan;
 mod situation;
 mod writes;
+
+pub use access_check::{AccessCheck, check_access};
+pub(crate) use batches::renew;
 
 use crate::access::Actor;
 use crate::error::{DomainError, Result};
@@ -19,15 +23,19 @@ use crate::units::{ChargeId, NotificationId, Tokens};
 use crate::vocabulary::{AccessSource, DenyReason, PlanLevel, Role};
 use batches::{batches, charge_queue};
 use chrono::{DateTime, Utc};
-use daypass_entity::open;
+use daypass_entity::{open, session};
 use plan::{ChargeRequest, Decision, decide};
 use sea_orm::Set;
 use situation::Asked;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OpenRequest {
     pub product_code: String,
     pub version: Option<String>,
+    /// The launcher's machine; `None`: "default".
+    pub device_id: Option<String>,
+    /// Ask for an offline lease (rule 23).
+    pub offline: bool,
 }
 
 /// The answer to an open: granted or denied, never an error (rule 11).
@@ -42,6 +50,12 @@ pub struct OpenOutcome {
     pub plan_level: PlanLevel,
     /// The charge this open made, if it made one.
     pub charge_id: Option<ChargeId>,
+    /// The session a granted open started (rule 20).
+    pub session: Option<session::Model>,
+    /// The signed offline lease, when asked for and granted (rule 23).
+    pub offline_lease: Option<String>,
+    /// When the subscription seat the open used ends (rule 23's lease).
+    pub(crate) seat_ends_at: Option<DateTime<Utc>>,
     /// Notifications this open created, handed to the deliveries after commit.
     pub(crate) notifications: Vec<NotificationId>,
 }
@@ -53,39 +67,10 @@ pub async fn open_product(
     now: DateTime<Utc>,
     req: OpenRequest,
 ) -> Result<OpenOutcome> {
-    let me = match actor {
-        Actor::Operator => {
-            return Err(DomainError::forbidden(
-                "openProduct opens a product for a user; operators are not users",
-            ));
-        }
-        Actor::User(u) => u.clone(),
-    };
-    if me.role == Role::Analyst {
-        return Err(DomainError::forbidden(
-            "analysts read usage and change nothing",
-        ));
-    }
-    let code = req.product_code.trim().to_owned();
-    if code.is_empty() || code.len() > 64 {
-        return Err(DomainError::bad_input(
-            "productCode must be 1–64 characters",
-        ));
-    }
-    let version = req
-        .version
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
-    if version.as_ref().is_some_and(|v| v.len() > 100) {
-        return Err(DomainError::bad_input(
-            "version must be at most 100 characters",
-        ));
-    }
-    let asked = Asked {
-        user_id: me.user_id,
-        code: code.clone(),
-        now,
-    };
+    let asked = validate(actor, &req.product_code, now)?;
+    let version = clean_text(req.version, "version", 100)?;
+    let device_id = clean_text(req.device_id, "deviceId", 100)?.unwrap_or_else(|| "default".into());
+    let code = asked.code.clone();
     let (user, product, situation) = batches(db)
         .situations
         .submit(db, 0, asked)
@@ -99,15 +84,24 @@ pub async fn open_product(
         code,
         version,
         now,
+        session_id: uuid::Uuid::new_v4().to_string(),
+        device_id,
     };
     let outcome = match (decision, product) {
         (Decision::Charge, Some(product)) => {
-            let request = ChargeRequest { record, product };
-            let answer = batches(db)
+            let request = ChargeRequest {
+                record,
+                product,
+                renewal: false,
+            };
+            let mut answer = batches(db)
                 .charges
                 .submit(db, charge_queue(db, user.account_id), request)
                 .await?;
             db.deliveries().committed(&answer.notifications).await;
+            if req.offline {
+                answer.offline_lease = lease_for(db, &answer, &user, &req.product_code).await?;
+            }
             return Ok(answer);
         }
         (Decision::Charge, None) => {
@@ -117,13 +111,81 @@ pub async fn open_product(
         (Decision::Subscription, _) => Outcome::Subscription,
         (Decision::InsideWindow(ends_at), _) => Outcome::Reopen(ends_at),
     };
-    // No lock and no transaction of its own: the record joins the next batch insert.
+    // No lock of its own: the record (and the session of a granted open) joins the
+    // next batch insert.
+    let session = record.session(outcome);
     batches(db).records.submit(db, 0, (record, outcome)).await?;
-    Ok(OpenOutcome::of(
-        outcome,
-        situation.balance,
-        situation.plan_level,
-    ))
+    let mut answer = OpenOutcome::of(outcome, situation.balance, situation.plan_level);
+    answer.session = session;
+    answer.seat_ends_at = situation.seat_ends_at;
+    if req.offline {
+        answer.offline_lease = lease_for(db, &answer, &user, &req.product_code).await?;
+    }
+    Ok(answer)
+}
+
+/// Who may open (or ask about) a product, and the product code they named.
+fn validate(actor: &Actor, product_code: &str, now: DateTime<Utc>) -> Result<Asked> {
+    let me = match actor {
+        Actor::Operator => {
+            return Err(DomainError::forbidden(
+                "opening a product is for users; operators are not users",
+            ));
+        }
+        Actor::User(u) => u.clone(),
+    };
+    if me.role == Role::Analyst {
+        return Err(DomainError::forbidden(
+            "analysts read usage and change nothing",
+        ));
+    }
+    let code = product_code.trim().to_owned();
+    if code.is_empty() || code.len() > 64 {
+        return Err(DomainError::bad_input(
+            "productCode must be 1–64 characters",
+        ));
+    }
+    Ok(Asked {
+        user_id: me.user_id,
+        code,
+        now,
+    })
+}
+
+/// A launcher's optional text, trimmed; empty is none.
+fn clean_text(text: Option<String>, field: &str, max: usize) -> Result<Option<String>> {
+    let text = text.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if text.as_ref().is_some_and(|v| v.chars().count() > max) {
+        return Err(DomainError::bad_input(format!(
+            "{field} must be at most {max} characters"
+        )));
+    }
+    Ok(text)
+}
+
+/// Rule 23: the offline lease of a granted open, signed after its commit.
+async fn lease_for(
+    db: &Db,
+    answer: &OpenOutcome,
+    user: &daypass_entity::user::Model,
+    product_code: &str,
+) -> Result<Option<String>> {
+    let (Some(session), Some(source)) = (&answer.session, answer.source) else {
+        return Ok(None);
+    };
+    let issued_at = session.last_heartbeat_at.unwrap_or(session.started_at);
+    crate::sessions::lease_for(
+        db,
+        session,
+        user.account_id,
+        product_code.trim(),
+        source,
+        issued_at,
+        answer.window_ends_at,
+        answer.seat_ends_at,
+    )
+    .await
+    .map(Some)
 }
 
 impl OpenOutcome {
@@ -147,6 +209,9 @@ impl OpenOutcome {
             balance,
             plan_level,
             charge_id,
+            session: None,
+            offline_lease: None,
+            seat_ends_at: None,
             notifications: Vec::new(),
         }
     }
@@ -186,9 +251,39 @@ struct OpenRecord {
     code: String,
     version: Option<String>,
     now: DateTime<Utc>,
+    /// The session a granted open starts (made here, so a batch knows its ids).
+    session_id: String,
+    device_id: String,
 }
 
 impl OpenRecord {
+    /// The session a granted open starts (rule 20), as stored.
+    fn session(&self, outcome: Outcome) -> Option<session::Model> {
+        let (granted, source, _) = outcome.access();
+        let (Some(source), Some(product_id), true) = (source, self.product_id, granted) else {
+            return None;
+        };
+        Some(session::Model {
+            id: self.session_id.clone(),
+            account_id: self.account_id,
+            user_id: self.user_id,
+            product_id,
+            device_id: self.device_id.clone(),
+            version: self.version.clone(),
+            source: source.as_str().to_owned(),
+            state: crate::vocabulary::SessionState::Open.as_str().to_owned(),
+            active: true,
+            started_at: self.now,
+            last_heartbeat_at: None,
+            ended_at: None,
+            deny_reason: None,
+            open_charge_id: match outcome {
+                Outcome::Charged { charge_id, .. } => Some(charge_id.get()),
+                _ => None,
+            },
+        })
+    }
+
     fn model(&self, outcome: Outcome) -> open::ActiveModel {
         let (granted, source, deny_reason) = outcome.access();
         let (charge_id, tokens) = match outcome {

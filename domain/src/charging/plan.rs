@@ -65,6 +65,10 @@ pub(super) fn decide(
 pub(super) struct ChargeRequest {
     pub(super) record: OpenRecord,
     pub(super) product: product::Model,
+    /// A heartbeat's charge past the window (rule 22) of the session
+    /// `record.session_id`, rather than an open's: no open is recorded and no
+    /// session started.
+    pub(super) renewal: bool,
 }
 
 /// What one open of a batch comes to, planned in memory under the account's lock.
@@ -135,7 +139,9 @@ impl Held {
 pub(super) fn plan(items: &[&ChargeRequest], held: &mut Held) -> Result<Vec<PlannedOpen>> {
     let mut planned = Vec::with_capacity(items.len());
     for (item, decided) in items.iter().zip(&held.decided) {
-        let ChargeRequest { record, product } = *item;
+        let ChargeRequest {
+            record, product, ..
+        } = *item;
         let now = record.now;
         let key = (record.user_id, product.id);
         let account = held
@@ -227,7 +233,11 @@ impl AccountLots {
     }
 
     /// The daily rate drawn in burn order, or `None` if the live lots hold too little.
-    fn draw(&mut self, tokens: Tokens, now: DateTime<Utc>) -> Result<Option<Vec<rules::Draw>>> {
+    pub(super) fn draw(
+        &mut self,
+        tokens: Tokens,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<rules::Draw>>> {
         let Some(draws) = rules::allocate_from_lots(&self.spendable, tokens, now) else {
             return Ok(None);
         };
@@ -273,6 +283,8 @@ mod tests {
                 code: format!("P{product_id}"),
                 version: None,
                 now: at(hour),
+                session_id: format!("s-{user_id}-{product_id}-{hour}"),
+                device_id: "default".into(),
             },
             product: product::Model {
                 id: product_id,
@@ -282,6 +294,7 @@ mod tests {
                 annual_subscription_minor: None,
                 active: true,
             },
+            renewal: false,
         }
     }
 

@@ -26,6 +26,8 @@ pub(super) struct Situation {
     pub(super) window_ends_at: Option<DateTime<Utc>>,
     /// Rule 9: the user holds a seat of a subscription to the product active at `now`.
     pub(super) has_seat: bool,
+    /// When the latest of those subscriptions ends (rule 23's lease).
+    pub(super) seat_ends_at: Option<DateTime<Utc>>,
     /// Rule 6 at `now`: tokens left in live lots.
     pub(super) balance: Tokens,
     /// Rule 13 at `now`.
@@ -103,9 +105,9 @@ fn build_situations_sql(backend: DatabaseBackend, n: usize) -> String {
           AND a.user_id = u.id AND a.product_id = p.id) AS user_lists, \
          (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
           AS window_ends_at, \
-         (SELECT COUNT(*) FROM subscription_seats s \
+         (SELECT MAX(sub.ends_at) FROM subscription_seats s \
           JOIN subscriptions sub ON sub.id = s.subscription_id \
-          WHERE s.user_id = u.id AND sub.product_id = p.id AND {seat_active}) AS seats, \
+          WHERE s.user_id = u.id AND sub.product_id = p.id AND {seat_active}) AS seat_ends_at, \
          (SELECT CAST(COALESCE(SUM(l.remaining), 0) AS BIGINT) FROM lots l \
           WHERE l.account_id = u.account_id AND {lot_live}) AS balance, \
          (SELECT CAST(COALESCE(SUM(DISTINCT CASE held.plan_level{flags} ELSE 0 END), 0) \
@@ -158,6 +160,7 @@ pub(super) async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> 
             None => None,
         };
         let plans: i64 = row.try_get("", "plans")?;
+        let seat_ends_at: Option<DateTime<Utc>> = row.try_get("", "seat_ends_at")?;
         let held = PlanLevel::ALL
             .iter()
             .enumerate()
@@ -170,7 +173,8 @@ pub(super) async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> 
             account_list_has_product: row.try_get("", "account_lists")?,
             user_list_has_product: row.try_get("", "user_lists")?,
             window_ends_at: row.try_get("", "window_ends_at")?,
-            has_seat: row.try_get::<i64>("", "seats")? > 0,
+            has_seat: seat_ends_at.is_some(),
+            seat_ends_at,
             balance: Tokens(row.try_get("", "balance")?),
             plan_level: rules::plan_level_of(held),
         };

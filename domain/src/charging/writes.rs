@@ -2,7 +2,8 @@
 //! ([`super::plan`]), then written with one multi-row statement per table.
 
 use super::plan::{
-    AccountLots, ChargeRequest, Decided, DrawnLot, Held, Planned, PlannedOpen, decide, plan,
+    AccountLots, ChargeRequest, Decided, Decision, DrawnLot, Held, Planned, PlannedOpen, decide,
+    plan,
 };
 use super::situation::{Asked, situations};
 use super::{OpenOutcome, Outcome};
@@ -14,7 +15,7 @@ use crate::store::{Db, WriteTx};
 use crate::units::{ChargeId, MinorUnits, Tokens};
 use crate::vocabulary::{DenyReason, LedgerKind, LotStatus};
 use chrono::{DateTime, Utc};
-use daypass_entity::{charge, ledger_entry, lot, open, window};
+use daypass_entity::{charge, ledger_entry, lot, open, session, window};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
@@ -87,10 +88,23 @@ async fn read_under_locks(
         .collect();
     let mut windows = HashMap::new();
     let mut decided = Vec::with_capacity(items.len());
+    let renewing = crate::sessions::open_among(
+        &**tx,
+        items
+            .iter()
+            .filter(|i| i.renewal)
+            .map(|i| (i.record.session_id.as_str(), i.record.now)),
+    )
+    .await?;
     for (item, found) in items.iter().zip(situations(&**tx, &asked).await?) {
         let (user, product, situation) =
             found.ok_or_else(|| DomainError::Internal("the user of an open vanished".into()))?;
-        let decision = decide(&user, product.as_ref(), &situation, item.record.now);
+        // A renewal of a session closed or lapsed meanwhile charges nothing.
+        let decision = if item.renewal && !renewing.contains(item.record.session_id.as_str()) {
+            Decision::Denied(DenyReason::SessionEnded)
+        } else {
+            decide(&user, product.as_ref(), &situation, item.record.now)
+        };
         if let (Some(product), Some(ends_at)) = (&product, situation.window_ends_at) {
             windows.entry((user.id, product.id)).or_insert(ends_at);
         }
@@ -149,6 +163,8 @@ async fn write_charges(
                 cost_minor: Set(draws.iter().map(|d| d.cost_minor).sum::<MinorUnits>().get()),
                 window_starts_at: Set(item.record.now),
                 window_ends_at: Set(*window_ends_at),
+                session_id: Set(Some(item.record.session_id.clone())),
+                refunded_at: Set(None),
                 ..Default::default()
             }),
             _ => None,
@@ -222,6 +238,7 @@ async fn record_outcomes(
 ) -> Result<Vec<OpenOutcome>> {
     let mut answers = Vec::with_capacity(items.len());
     let mut records = Vec::with_capacity(items.len());
+    let mut sessions = Vec::new();
     let mut exhausted_told: Vec<i32> = Vec::new();
     for (item, p) in items.iter().zip(planned) {
         let now = item.record.now;
@@ -270,15 +287,40 @@ async fn record_outcomes(
                 }
             }
         };
-        records.push(item.record.model(outcome));
         let mut answer = OpenOutcome::of(outcome, p.balance_after, p.plan_level);
         answer.notifications = notes;
+        if item.renewal {
+            renewed(tx, item, outcome).await?;
+        } else {
+            answer.session = item.record.session(outcome);
+            sessions.extend(answer.session.clone().map(session::ActiveModel::from));
+            records.push(item.record.model(outcome));
+        }
         answers.push(answer);
     }
     open::Entity::insert_many(records)
         .exec_without_returning(&**tx)
         .await?;
+    session::Entity::insert_many(sessions)
+        .exec_without_returning(&**tx)
+        .await?;
     Ok(answers)
+}
+
+/// A renewal's session afterwards (rule 22): heard from and in use when the renewal
+/// was granted, ended with the reason when it was denied.
+async fn renewed(tx: &WriteTx, item: &ChargeRequest, outcome: Outcome) -> Result<()> {
+    let id = item.record.session_id.as_str();
+    match outcome {
+        Outcome::Denied(DenyReason::SessionEnded) => Ok(()),
+        Outcome::Denied(reason) => {
+            crate::sessions::mark_denied(&**tx, id, reason, item.record.now).await?;
+            Ok(())
+        }
+        Outcome::Subscription | Outcome::Reopen(_) | Outcome::Charged { .. } => {
+            crate::sessions::touch_one(&**tx, id, item.record.now, true).await
+        }
+    }
 }
 
 /// Sets each drawn lot's remaining tokens from `before` to `after`, in one statement,

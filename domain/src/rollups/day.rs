@@ -7,28 +7,38 @@ use crate::store::stmt;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
-/// Rule 16's measures for one account's UTC day, per user and product, from the raw
-/// opens and the charges they made. The one definition of a day's usage; it reads
-/// along the index on (account, time).
+/// Rule 16's measures for one account's UTC day, per user and product: the opens
+/// and denials from the raw opens, the tokens, charges and their cost from the
+/// charges made that day (an open's, or a heartbeat's past its window) that were not
+/// refunded (rule 21). The one definition of a day's usage; it reads along the
+/// indexes on (account, time).
 pub async fn day_aggregates(
     conn: &impl ConnectionTrait,
     day: NaiveDate,
     account_id: i32,
 ) -> Result<Vec<DayAggregate>> {
-    const SQL: &str = "SELECT o.account_id AS account_id, o.user_id AS user_id, \
-         COALESCE(o.product_id, 0) AS product_id, \
-         CAST(COALESCE(SUM(o.tokens), 0) AS BIGINT) AS tokens, \
-         CAST(SUM(CASE WHEN o.granted THEN 1 ELSE 0 END) AS BIGINT) AS opens, \
-         CAST(SUM(CASE WHEN o.charge_id IS NULL THEN 0 ELSE 1 END) AS BIGINT) AS charges, \
-         CAST(SUM(CASE WHEN o.granted THEN 0 ELSE 1 END) AS BIGINT) AS denials, \
-         CAST(COALESCE(SUM(c.cost_minor), 0) AS BIGINT) AS cost_minor \
-         FROM opens o LEFT JOIN charges c ON c.id = o.charge_id \
-         WHERE o.account_id = ? AND o.at >= ? AND o.at < ? \
-         GROUP BY o.account_id, o.user_id, COALESCE(o.product_id, 0)";
+    const SQL: &str = "SELECT account_id, user_id, product_id, \
+         CAST(SUM(tokens) AS BIGINT) AS tokens, CAST(SUM(opens) AS BIGINT) AS opens, \
+         CAST(SUM(charges) AS BIGINT) AS charges, CAST(SUM(denials) AS BIGINT) AS denials, \
+         CAST(SUM(cost_minor) AS BIGINT) AS cost_minor FROM ( \
+         SELECT o.account_id AS account_id, o.user_id AS user_id, \
+          COALESCE(o.product_id, 0) AS product_id, 0 AS tokens, \
+          CASE WHEN o.granted THEN 1 ELSE 0 END AS opens, 0 AS charges, \
+          CASE WHEN o.granted THEN 0 ELSE 1 END AS denials, 0 AS cost_minor \
+          FROM opens o WHERE o.account_id = ? AND o.at >= ? AND o.at < ? \
+         UNION ALL \
+         SELECT c.account_id, c.user_id, c.product_id, c.tokens, 0, 1, 0, c.cost_minor \
+          FROM charges c WHERE c.account_id = ? AND c.window_starts_at >= ? \
+          AND c.window_starts_at < ? AND c.refunded_at IS NULL \
+         ) usage GROUP BY account_id, user_id, product_id";
+    let (start, end) = (day_start(day), day_start(day + Duration::days(1)));
     let values: Vec<Value> = vec![
         account_id.into(),
-        day_start(day).into(),
-        day_start(day + Duration::days(1)).into(),
+        start.into(),
+        end.into(),
+        account_id.into(),
+        start.into(),
+        end.into(),
     ];
     let rows = conn
         .query_all_raw(stmt(conn.get_database_backend(), SQL, values))
@@ -52,8 +62,9 @@ pub async fn day_aggregates(
 }
 
 /// The first and last UTC day on which the account has usage (any open, granted or
-/// denied), in the raw opens or the daily totals: outside them every report is
-/// empty. Index probes only, whatever the range.
+/// denied, or a charge: a heartbeat's renewal may fall on a day without opens), in
+/// the raw rows or the daily totals: outside them every report is empty. Index
+/// probes only, whatever the range.
 pub async fn days_with_usage(
     conn: &impl ConnectionTrait,
     account_id: i32,
@@ -64,24 +75,32 @@ pub async fn days_with_usage(
             conn.get_database_backend(),
             "SELECT (SELECT MIN(at) FROM opens WHERE account_id = ?) AS first_at, \
                     (SELECT MAX(at) FROM opens WHERE account_id = ?) AS last_at, \
+                    (SELECT MAX(window_starts_at) FROM charges WHERE account_id = ?) \
+                     AS last_charge_at, \
                     (SELECT MIN(day) FROM usage_day_totals WHERE account_id = ?) AS first_day, \
                     (SELECT MAX(day) FROM usage_day_totals WHERE account_id = ?) AS last_day",
-            vec![account_id.into(); 4],
+            vec![account_id.into(); 5],
         ))
         .await?;
     let Some(row) = row else { return Ok(None) };
     let raw_first: Option<DateTime<Utc>> = row.try_get("", "first_at")?;
     let raw_last: Option<DateTime<Utc>> = row.try_get("", "last_at")?;
+    let last_charge: Option<DateTime<Utc>> = row.try_get("", "last_charge_at")?;
     let rolled_first: Option<NaiveDate> = row.try_get("", "first_day")?;
     let rolled_last: Option<NaiveDate> = row.try_get("", "last_day")?;
+    // Every charge follows its session's open: the first open is the first usage.
     let first = [raw_first.map(|t| t.date_naive()), rolled_first]
         .into_iter()
         .flatten()
         .min();
-    let last = [raw_last.map(|t| t.date_naive()), rolled_last]
-        .into_iter()
-        .flatten()
-        .max();
+    let last = [
+        raw_last.map(|t| t.date_naive()),
+        last_charge.map(|t| t.date_naive()),
+        rolled_last,
+    ]
+    .into_iter()
+    .flatten()
+    .max();
     Ok(first.zip(last))
 }
 

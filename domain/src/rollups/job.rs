@@ -39,7 +39,10 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+mod corrections;
 mod periods;
+
+pub(crate) use corrections::after_refund;
 
 /// The most user × product rows one write transaction of the job takes. At 27,000
 /// such rows a day, a chunk holds the writer for well under 100 ms.
@@ -327,6 +330,7 @@ impl DayRoll<'_> {
             return Ok(None);
         };
         replace_account_rows(&*tx, day, aggregates).await?;
+        corrections::apply(&*tx, day).await?;
         for period in PERIODS {
             store_period_counts(&*tx, period, day, first_seen).await?;
         }

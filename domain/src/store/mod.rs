@@ -218,6 +218,21 @@ impl Db {
         Ok(WriteTx { tx, _gate: gate })
     }
 
+    /// A write transaction on the records' connection (see [`Db::connect`]): for
+    /// writes that move no tokens and may be lost, as the last few records, by a
+    /// crash of the database server.
+    pub(crate) async fn begin_records_write(&self) -> Result<WriteTx> {
+        let gate = self.write_turn().await;
+        let tx = self
+            .records_conn()
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        Ok(WriteTx { tx, _gate: gate })
+    }
+
     /// Serializes the writers of one account on PostgreSQL (`SELECT … FOR UPDATE` on the
     /// account row). On SQLite the transaction already holds the database's write lock.
     pub async fn lock_account(&self, tx: &WriteTx, account_id: i32) -> Result<()> {
