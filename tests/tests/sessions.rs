@@ -523,3 +523,154 @@ async fn asking_costs_nothing_and_answers_what_an_open_would() {
     );
     assert_eq!(s.error_code(OP, ask, json!({"c": code})).await, "FORBIDDEN");
 }
+
+/// Opens `n` sessions (one per member of `name`'s account), each charged, each heard
+/// from once a minute later: (admin key, member keys, session ids).
+async fn heard_sessions(s: &impl Api, name: &str, n: usize) -> (String, Vec<String>, Vec<String>) {
+    let (admin, first, first_id, code) = setup(s, name, 10, 1000).await;
+    let mut members = vec![first];
+    let mut ids = vec![first_id];
+    for i in 1..n {
+        let (uid, key) = s
+            .create_user(&admin, &format!("m{i}@{}.test", name.to_lowercase()), "M", "MEMBER")
+            .await;
+        members.push(key);
+        ids.push(uid);
+    }
+    s.ok(
+        Some(&admin),
+        "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
+        json!({"u": ids}),
+    )
+    .await;
+    let mut sessions = Vec::new();
+    for key in &members {
+        let opened = open(s, key, &code).await;
+        assert_eq!(opened["tokensCharged"], 10);
+        sessions.push(id(&opened["session"]["id"]));
+    }
+    (admin, members, sessions)
+}
+
+/// A close, a heartbeat and lapse sweeps race over each session: `close_on` and
+/// `beat_on` say which server sends them (one process, or two on one database).
+async fn race_and_check(
+    servers: &[&TestServer],
+    admin: &str,
+    members: &[String],
+    sessions: &[String],
+    minutes: i64,
+) {
+    for s in servers {
+        advance(*s, 0, minutes).await;
+    }
+    let mut racing = Vec::new();
+    for (i, (key, sid)) in members.iter().zip(sessions).enumerate() {
+        let closer = servers[i % servers.len()];
+        let beater = servers[(i + 1) % servers.len()];
+        racing.push(async move {
+            let q = "mutation($s: ID!) { closeProduct(sessionId: $s) { state } }";
+            closer.ok(Some(key), q, json!({"s": sid})).await;
+        }.boxed());
+        racing.push(async move {
+            heartbeat(beater, key, sid, true).await;
+        }.boxed());
+    }
+    for s in servers {
+        racing.push(async move { maintain(*s).await }.boxed());
+        racing.push(async move { maintain(*s).await }.boxed());
+    }
+    futures::future::join_all(racing).await;
+    maintain(servers[0]).await;
+    // Every session ended within 5 minutes of its charge: each refunded exactly once.
+    assert_eq!(balance(servers[0], admin).await, 1000);
+    let refunds = ledger_kinds(servers[0], admin)
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "REFUND")
+        .count();
+    assert_eq!(refunds, members.len(), "one refund per session");
+    check_books(servers[0]).await;
+}
+
+use futures::FutureExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_a_heartbeat_and_the_sweep_racing_refund_once() {
+    let s = TestServer::start().await;
+    // Closed while open: the close ends it (a heartbeat may come first, the sweep finds
+    // nothing lapsed).
+    let (admin, members, sessions) = heard_sessions(&s, "Raceone", 6).await;
+    race_and_check(&[&s], &admin, &members, &sessions, 2).await;
+    // Lapsed before anyone looked: the close, the heartbeat's answer and the sweeps all
+    // see it lapsed at its last heartbeat.
+    let (admin, members, sessions) = heard_sessions(&s, "Racetwo", 6).await;
+    advance(&s, 0, 1).await;
+    for (key, sid) in members.iter().zip(&sessions) {
+        heartbeat(&s, key, sid, true).await;
+    }
+    race_and_check(&[&s], &admin, &members, &sessions, 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_racing_over_sessions_refund_once() {
+    let a = TestServer::start().await;
+    let b = TestServer::start_on(&a.database_url, &[("DAYPASS_TEST_CLOCK", "1")]).await;
+    let (admin, members, sessions) = heard_sessions(&a, "Racetwoproc", 8).await;
+    race_and_check(&[&a, &b], &admin, &members, &sessions, 2).await;
+    let (admin, members, sessions) = heard_sessions(&b, "Racelapsed", 8).await;
+    advance(&a, 0, 1).await;
+    advance(&b, 0, 1).await;
+    for (key, sid) in members.iter().zip(&sessions) {
+        heartbeat(&a, key, sid, true).await;
+    }
+    race_and_check(&[&a, &b], &admin, &members, &sessions, 16).await;
+}
+
+/// A refund after its day was rolled up corrects that day; one while the day waits
+/// to be rolled leaves a correction the rollup applies. Reports stay exact.
+#[tokio::test]
+async fn a_refund_of_a_rolled_day_corrects_its_rollups() {
+    use daypass_tests::TestApp;
+    let s = TestApp::start().await;
+    let (admin, member, _, code) = setup(&s, "Rollco", 10, 100).await;
+    let (admin2, member2, _, code2) = setup(&s, "Rolltwo", 10, 100).await;
+    for (key, code) in [(&member, &code), (&member2, &code2)] {
+        let sid = id(&open(&s, key, code).await["session"]["id"]);
+        advance(&s, 0, 1).await;
+        heartbeat(&s, key, &sid, true).await;
+    }
+    advance(&s, 48, 0).await;
+    let db = s.db();
+    // Rolled while the first session still held its charge ...
+    daypass_domain::rollups::roll_up(db, s.now()).await.unwrap();
+    let totals = |db: &Db| {
+        let db = db.clone();
+        async move {
+            ledger::count(&db, "SELECT COALESCE(SUM(tokens), 0) FROM usage_day_totals").await
+        }
+    };
+    assert_eq!(totals(db).await, 20);
+    assert_eq!(usage(&s, &admin).await.2, 10);
+    // ... then the lapse sweep refunds both: the rolled day is corrected at once.
+    let report = daypass_domain::sessions::end_lapsed(db, s.now()).await.unwrap();
+    assert_eq!((report.lapsed, report.refunded), (2, 2));
+    assert_eq!(totals(db).await, 0);
+    assert_eq!(usage(&s, &admin).await, (1, 0, 0, 0));
+    assert_eq!(usage(&s, &admin2).await, (1, 0, 0, 0));
+
+    // A day closed but not rolled yet: the refund leaves a correction.
+    let sid = id(&open(&s, &member, &code).await["session"]["id"]);
+    assert_eq!(usage(&s, &admin).await.2, 10);
+    advance(&s, 0, 1).await;
+    heartbeat(&s, &member, &sid, true).await;
+    advance(&s, 48, 0).await;
+    daypass_domain::sessions::end_lapsed(db, s.now()).await.unwrap();
+    let corrections = ledger::count(db, "SELECT COUNT(*) FROM rollup_corrections").await;
+    assert_eq!(corrections, 1);
+    daypass_domain::rollups::roll_up(db, s.now()).await.unwrap();
+    assert_eq!(ledger::count(db, "SELECT COUNT(*) FROM rollup_corrections").await, 0);
+    assert_eq!(totals(db).await, 0);
+    assert_eq!(usage(&s, &admin).await, (2, 0, 0, 0));
+    ledger::check_ledger(db).await;
+}
