@@ -647,7 +647,7 @@ async fn a_refund_of_a_rolled_day_corrects_its_rollups() {
     let totals = |db: &Db| {
         let db = db.clone();
         async move {
-            ledger::count(&db, "SELECT COALESCE(SUM(tokens), 0) FROM usage_day_totals").await
+            ledger::count(&db, "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT) FROM usage_day_totals").await
         }
     };
     assert_eq!(totals(db).await, 20);
