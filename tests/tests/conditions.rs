@@ -245,3 +245,128 @@ proptest! {
         rt.block_on(check(lots, subscriptions, asked));
     }
 }
+
+/// A session as stored: opened about a day before the base instant, heard from
+/// about 15 minutes before it (or never), so the instants asked about fall on and
+/// around both lapse boundaries.
+#[derive(Debug, Clone)]
+struct SessionCase {
+    started_in_micros: i64,
+    heard_in_micros: Option<i64>,
+}
+
+fn session_case() -> impl Strategy<Value = SessionCase> {
+    (offset(), proptest::option::of(offset())).prop_map(|(started, heard)| SessionCase {
+        started_in_micros: started,
+        heard_in_micros: heard,
+    })
+}
+
+async fn check_sessions(cases: Vec<SessionCase>, asked: Vec<i64>) {
+    use daypass_domain::entity::session;
+    let test = TestDb::new().await;
+    let db = &test.db;
+    let base = t("2027-03-01T12:00:00Z");
+    let acct = account(db, "Lapses", base - Duration::days(2)).await;
+    let product_id = product(db, "CAD", 10).await;
+    let at = |micros: i64| base + Duration::microseconds(micros);
+    let mut stored = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let started_at = at(case.started_in_micros) - rules::UNWATCHED_LAPSE;
+        let heard = case
+            .heard_in_micros
+            .map(|m| (at(m) - rules::HEARTBEAT_LAPSE).max(started_at));
+        let model = session::ActiveModel {
+            id: Set(format!("case-{i}")),
+            account_id: Set(acct.account_id),
+            user_id: Set(acct.admin_id),
+            product_id: Set(product_id),
+            device_id: Set("default".into()),
+            version: Set(None),
+            source: Set("FLEX".into()),
+            state: Set("OPEN".into()),
+            active: Set(true),
+            started_at: Set(started_at),
+            last_heartbeat_at: Set(heard),
+            ended_at: Set(None),
+            deny_reason: Set(None),
+            open_charge_id: Set(None),
+        }
+        .insert(db.conn())
+        .await
+        .expect("insert session");
+        stored.push(model);
+    }
+    let mut instants: BTreeSet<DateTime<Utc>> = asked.into_iter().map(at).collect();
+    for s in &stored {
+        let lapses = rules::session_lapses_at(s.started_at, s.last_heartbeat_at);
+        instants.extend([lapses, lapses - Duration::microseconds(1)]);
+    }
+    let names = |it: &mut dyn Iterator<Item = String>| it.collect::<BTreeSet<String>>();
+    for &now in &instants {
+        let expected = names(
+            &mut stored
+                .iter()
+                .filter(|s| rules::session_lapsed(s.started_at, s.last_heartbeat_at, now))
+                .map(|s| s.id.clone()),
+        );
+        let (heartbeat_cutoff, unwatched_cutoff) = rules::lapse_cutoffs(now);
+        let found = session::Entity::find()
+            .filter(conditions::lapsed_session(
+                session::Entity,
+                heartbeat_cutoff,
+                unwatched_cutoff,
+            ))
+            .all(db.conn())
+            .await
+            .expect("sessions");
+        assert_eq!(
+            names(&mut found.into_iter().map(|s| s.id)),
+            expected,
+            "lapsed sessions at {now}"
+        );
+        // As the batched heartbeat embeds it, with the cutoffs as columns.
+        let backend = db.backend();
+        let lapsed_text = conditions::text(
+            backend,
+            conditions::lapsed_session(
+                Alias::new("s"),
+                conditions::column("v", "hc"),
+                conditions::column("v", "uc"),
+            ),
+        );
+        let rows = db
+            .conn()
+            .query_all_raw(stmt(
+                backend,
+                &format!(
+                    "WITH v(hc, uc) AS (VALUES (?, ?)) SELECT s.id FROM sessions s, v \
+                     WHERE {lapsed_text}"
+                ),
+                vec![heartbeat_cutoff.into(), unwatched_cutoff.into()],
+            ))
+            .await
+            .expect("lapsed sessions by text");
+        assert_eq!(
+            names(
+                &mut rows
+                    .iter()
+                    .map(|r| r.try_get::<String>("", "id").expect("id"))
+            ),
+            expected,
+            "lapsed sessions at {now}, by the text of the batched heartbeat"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+    #[test]
+    fn the_lapse_condition_selects_what_the_rule_decides(
+        sessions in proptest::collection::vec(session_case(), 1..10),
+        asked in proptest::collection::vec(offset(), 1..6),
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(check_sessions(sessions, asked));
+    }
+}

@@ -532,7 +532,12 @@ async fn heard_sessions(s: &impl Api, name: &str, n: usize) -> (String, Vec<Stri
     let mut ids = vec![first_id];
     for i in 1..n {
         let (uid, key) = s
-            .create_user(&admin, &format!("m{i}@{}.test", name.to_lowercase()), "M", "MEMBER")
+            .create_user(
+                &admin,
+                &format!("m{i}@{}.test", name.to_lowercase()),
+                "M",
+                "MEMBER",
+            )
             .await;
         members.push(key);
         ids.push(uid);
@@ -568,13 +573,19 @@ async fn race_and_check(
     for (i, (key, sid)) in members.iter().zip(sessions).enumerate() {
         let closer = servers[i % servers.len()];
         let beater = servers[(i + 1) % servers.len()];
-        racing.push(async move {
-            let q = "mutation($s: ID!) { closeProduct(sessionId: $s) { state } }";
-            closer.ok(Some(key), q, json!({"s": sid})).await;
-        }.boxed());
-        racing.push(async move {
-            heartbeat(beater, key, sid, true).await;
-        }.boxed());
+        racing.push(
+            async move {
+                let q = "mutation($s: ID!) { closeProduct(sessionId: $s) { state } }";
+                closer.ok(Some(key), q, json!({"s": sid})).await;
+            }
+            .boxed(),
+        );
+        racing.push(
+            async move {
+                heartbeat(beater, key, sid, true).await;
+            }
+            .boxed(),
+        );
     }
     for s in servers {
         racing.push(async move { maintain(*s).await }.boxed());
@@ -647,13 +658,19 @@ async fn a_refund_of_a_rolled_day_corrects_its_rollups() {
     let totals = |db: &Db| {
         let db = db.clone();
         async move {
-            ledger::count(&db, "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT) FROM usage_day_totals").await
+            ledger::count(
+                &db,
+                "SELECT CAST(COALESCE(SUM(tokens), 0) AS BIGINT) FROM usage_day_totals",
+            )
+            .await
         }
     };
     assert_eq!(totals(db).await, 20);
     assert_eq!(usage(&s, &admin).await.2, 10);
     // ... then the lapse sweep refunds both: the rolled day is corrected at once.
-    let report = daypass_domain::sessions::end_lapsed(db, s.now()).await.unwrap();
+    let report = daypass_domain::sessions::end_lapsed(db, s.now())
+        .await
+        .unwrap();
     assert_eq!((report.lapsed, report.refunded), (2, 2));
     assert_eq!(totals(db).await, 0);
     assert_eq!(usage(&s, &admin).await, (1, 0, 0, 0));
@@ -665,11 +682,16 @@ async fn a_refund_of_a_rolled_day_corrects_its_rollups() {
     advance(&s, 0, 1).await;
     heartbeat(&s, &member, &sid, true).await;
     advance(&s, 48, 0).await;
-    daypass_domain::sessions::end_lapsed(db, s.now()).await.unwrap();
+    daypass_domain::sessions::end_lapsed(db, s.now())
+        .await
+        .unwrap();
     let corrections = ledger::count(db, "SELECT COUNT(*) FROM rollup_corrections").await;
     assert_eq!(corrections, 1);
     daypass_domain::rollups::roll_up(db, s.now()).await.unwrap();
-    assert_eq!(ledger::count(db, "SELECT COUNT(*) FROM rollup_corrections").await, 0);
+    assert_eq!(
+        ledger::count(db, "SELECT COUNT(*) FROM rollup_corrections").await,
+        0
+    );
     assert_eq!(totals(db).await, 0);
     assert_eq!(usage(&s, &admin).await, (2, 0, 0, 0));
     ledger::check_ledger(db).await;
