@@ -696,3 +696,117 @@ async fn a_refund_of_a_rolled_day_corrects_its_rollups() {
     assert_eq!(usage(&s, &admin).await, (2, 0, 0, 0));
     ledger::check_ledger(db).await;
 }
+
+async fn low_balance_notices(s: &impl Api, admin: &str) -> usize {
+    s.ok(
+        Some(admin),
+        "{ account { notifications { edges { node { kind } } } } }",
+        json!({}),
+    )
+    .await["account"]["notifications"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"]["kind"] == "LOW_BALANCE")
+        .count()
+}
+
+#[tokio::test]
+async fn a_refund_that_lifts_the_balance_back_rearms_the_threshold() {
+    use daypass_tests::TestApp;
+    let s = TestApp::start().await;
+    let (admin, member, _, code) = setup(&s, "Rearmco", 10, 55).await;
+    s.ok(
+        Some(&admin),
+        "mutation { setLowBalanceThreshold(tokens: 50) { id } }",
+        json!({}),
+    )
+    .await;
+    let sid = id(&open(&s, &member, &code).await["session"]["id"]);
+    assert_eq!(balance(&s, &admin).await, 45);
+    assert_eq!(
+        low_balance_notices(&s, &admin).await,
+        1,
+        "55 → 45 crossed 50"
+    );
+    advance(&s, 0, 1).await;
+    close(&s, &member, &sid).await;
+    assert_eq!(
+        balance(&s, &admin).await,
+        55,
+        "refunded back above the threshold"
+    );
+    assert_eq!(
+        low_balance_notices(&s, &admin).await,
+        1,
+        "a refund sends nothing by itself"
+    );
+    open(&s, &member, &code).await;
+    assert_eq!(
+        low_balance_notices(&s, &admin).await,
+        2,
+        "re-armed: the next crossing tells again"
+    );
+}
+
+#[tokio::test]
+async fn bad_session_input_is_refused_and_metrics_count_sessions() {
+    let s = TestServer::start().await;
+    let (_, member, _, code) = setup(&s, "Metricco", 10, 100).await;
+    let long = "x".repeat(101);
+    let code_of = |field: &str| {
+        format!(
+            "mutation($c: String!, $d: String) {{ openProduct(input: {{productCode: $c, {field}: $d}}) {{ granted }} }}"
+        )
+    };
+    assert_eq!(
+        s.error_code(
+            Some(&member),
+            &code_of("deviceId"),
+            json!({"c": code, "d": long})
+        )
+        .await,
+        "BAD_USER_INPUT"
+    );
+    for bad in ["", "x", &"y".repeat(500), "'; DROP TABLE sessions; --"] {
+        assert_eq!(
+            s.error_code(
+                Some(&member),
+                "mutation($s: ID!) { heartbeat(input: {sessionId: $s}) { granted } }",
+                json!({"s": bad})
+            )
+            .await,
+            "NOT_FOUND"
+        );
+        assert_eq!(
+            s.error_code(
+                Some(&member),
+                "mutation($s: ID!) { closeProduct(sessionId: $s) { state } }",
+                json!({"s": bad})
+            )
+            .await,
+            "NOT_FOUND"
+        );
+    }
+    let sid = id(&open(&s, &member, &code).await["session"]["id"]);
+    heartbeat(&s, &member, &sid, true).await;
+    close(&s, &member, &sid).await;
+    maintain(&s).await;
+    let text = s
+        .client()
+        .get(format!("{}/metrics", s.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "daypass_heartbeats_total{outcome=\"granted\"} 1",
+        "daypass_session_refunds_total{ended=\"CLOSED\"} 1",
+        "daypass_sessions_ended_total{state=\"CLOSED\"} 1",
+        "daypass_sessions_open 0",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+}
