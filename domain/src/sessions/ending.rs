@@ -114,6 +114,7 @@ pub async fn end_lapsed(db: &Db, now: DateTime<Utc>) -> Result<LapseReport> {
         if due.is_empty() {
             break;
         }
+        let ended_before = report.lapsed;
         for account in due.chunk_by(|a, b| a.account_id == b.account_id) {
             let tx = db.begin_write().await?;
             db.lock_account(&tx, account[0].account_id).await?;
@@ -136,6 +137,11 @@ pub async fn end_lapsed(db: &Db, now: DateTime<Utc>) -> Result<LapseReport> {
                 }
             }
             tx.commit().await?;
+        }
+        if report.lapsed == ended_before {
+            // Each was ended by someone else meanwhile, or heard from: read afresh
+            // next run rather than spin on them.
+            break;
         }
     }
     report.open_now = session::Entity::find()
