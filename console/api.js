@@ -1,6 +1,7 @@
-// The public Daypass API as the console uses it: GraphQL over HTTP (POST /graphql),
-// the balanceChanged subscription over WebSocket (graphql-transport-ws), the usage
-// CSV, and one place that turns an error into words a person understands.
+// The public Daypass API as the console uses it: GraphQL over HTTP (POST /graphql)
+// and its connections page by page, the balanceChanged subscription over WebSocket
+// (graphql-transport-ws), the usage CSV, and one place that turns an error into
+// words a person understands.
 
 /** An API failure with a message for people and the details for the curious. */
 export class ApiError extends Error {
@@ -48,6 +49,25 @@ function errorFrom(first, status) {
     requestId: ext.requestId || null,
     detail: first?.message || null,
   });
+}
+
+/** Every page of a connection: `fetchPage(after)` returns the connection. */
+export async function allPages(fetchPage) {
+  const nodes = [];
+  let after = null;
+  for (let i = 0; i < 100; i += 1) {
+    const conn = await fetchPage(after);
+    nodes.push(...conn.edges.map((e) => e.node));
+    if (!conn.pageInfo.hasNextPage) break;
+    after = conn.pageInfo.endCursor;
+  }
+  return nodes;
+}
+
+/** The `account` of an answer; null means the operator's chosen account is gone. */
+export function accountOf(data) {
+  if (!data.account) throw new ApiError("That account does not exist (any more). Choose another one.", { code: "NOT_FOUND" });
+  return data.account;
 }
 
 const NETWORK_ERROR = "Daypass could not be reached. Check your network connection and that the server is running, then try again.";

@@ -1,8 +1,10 @@
 // The Daypass console: one page over the public GraphQL API. Every rule stays in the
 // server; this file only asks, shows and sends what a person chose.
 
-import { Api, ApiError, LiveSubscription, explain } from "./api.js";
+import { Api, ApiError, LiveSubscription, accountOf, allPages, explain } from "./api.js";
 import { drawDays, drawLots, drawProducts } from "./charts.js";
+import { clearSessions, loadSessions } from "./sessions.js";
+import { $, $$, announce, clearError, el, guard, int, showError, when } from "./ui.js";
 
 const KEY_STORAGE = "daypass.apiKey";
 const ACCOUNT_STORAGE = "daypass.operatorAccount";
@@ -47,25 +49,6 @@ const S = {
 
 // ---------------------------------------------------------------- small helpers
 
-const $ = (sel, root = document) => root.querySelector(sel);
-const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
-const int = new Intl.NumberFormat();
-
-/** An element with properties/attributes and children (strings become text, never HTML). */
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v == null || v === false) continue;
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else if (k in node && typeof v !== "string") node[k] = v;
-    else node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) if (c != null) node.append(c instanceof Node ? c : String(c));
-  return node;
-}
-
 function money(minor, currency = S.currency) {
   let f;
   try {
@@ -87,11 +70,6 @@ function addDays(day, n) {
 function day(instant) {
   return instant ? instant.slice(0, 10) : "";
 }
-function when(instant) {
-  if (!instant) return "";
-  const d = new Date(instant);
-  return `${d.toISOString().slice(0, 10)} ${d.toISOString().slice(11, 16)} UTC`;
-}
 
 /** The account variable: the operator's chosen account, or null for a user's own. */
 function acct() {
@@ -99,59 +77,8 @@ function acct() {
 }
 const canManage = () => S.role === "ADMIN" || S.role === "OPERATOR";
 const readsBooks = () => S.role !== "MEMBER";
-
-// ---------------------------------------------------------------- messages
-
-function showError(err) {
-  const box = $("#alert");
-  box.replaceChildren();
-  const text = err instanceof ApiError ? err.message : `Something went wrong in the console: ${err?.message || err}`;
-  box.append(el("p", { text }));
-  if (err?.requestId) box.append(el("p", { class: "small", text: `Request id: ${err.requestId}` }));
-  box.append(el("button", { type: "button", class: "button-quiet", text: "Dismiss", onclick: clearError }));
-  box.hidden = false;
-  if (!(err instanceof ApiError)) console.error(err);
-}
-function clearError() {
-  $("#alert").hidden = true;
-  $("#alert").replaceChildren();
-}
-function announce(text) {
-  const s = $("#status");
-  s.textContent = "";
-  setTimeout(() => { s.textContent = text; }, 30);
-}
-
-/** Runs `fn`, showing any failure; `busy` marks an element busy meanwhile. */
-async function guard(fn, busy) {
-  if (busy) busy.setAttribute("aria-busy", "true");
-  try {
-    return await fn();
-  } catch (e) {
-    showError(e);
-    return undefined;
-  } finally {
-    if (busy) busy.removeAttribute("aria-busy");
-  }
-}
-
-/** Every page of a connection: `fetchPage(after)` returns the connection. */
-async function allPages(fetchPage) {
-  const nodes = [];
-  let after = null;
-  for (let i = 0; i < 100; i += 1) {
-    const conn = await fetchPage(after);
-    nodes.push(...conn.edges.map((e) => e.node));
-    if (!conn.pageInfo.hasNextPage) break;
-    after = conn.pageInfo.endCursor;
-  }
-  return nodes;
-}
-
-function accountOf(data) {
-  if (!data.account) throw new ApiError("That account does not exist (any more). Choose another one.", { code: "NOT_FOUND" });
-  return data.account;
-}
+/** Whose sessions the Balance page shows, and whether it may close them. */
+const sessionsFor = () => ({ api: S.api, accountId: acct(), canClose: canManage(), own: S.role === "MEMBER" });
 
 // ---------------------------------------------------------------- sign in and out
 
@@ -182,6 +109,7 @@ async function signIn(key, { quiet = false } = {}) {
 function signOut(message) {
   sessionStorage.removeItem(KEY_STORAGE);
   S.live?.close();
+  clearSessions();
   Object.assign(S, { api: null, role: null, viewer: null, live: null, balance: null, threshold: null, capacity: null, accountId: null, page: null });
   $("#who").hidden = true;
   $("#nav").hidden = true;
@@ -251,14 +179,16 @@ function startLive() {
   });
 }
 
-let lotsReload = null;
+let listsReload = null;
 function balancePushed(account) {
   const changed = account.balance !== S.balance;
   renderBalance(account.balance, account.lowBalanceThreshold);
   if (changed) announce(`Balance now ${int.format(account.balance)} tokens`);
-  if (S.page === "balance" && readsBooks()) {
-    clearTimeout(lotsReload);
-    lotsReload = setTimeout(() => guard(loadLots), 250);
+  // Every charge and refund moves the balance: an open, a renewal or a short
+  // launch's close shows in the sessions as in the lots.
+  if (S.page === "balance") {
+    clearTimeout(listsReload);
+    listsReload = setTimeout(() => guard(() => Promise.all([readsBooks() ? loadLots() : null, loadSessions(sessionsFor())])), 250);
   }
 }
 
@@ -328,7 +258,7 @@ async function loadBalance() {
   $("#who-account").textContent = a.name;
   $("#fig-plan").textContent = a.planLevel.charAt(0) + a.planLevel.slice(1).toLowerCase();
   $("#threshold-input").value = a.lowBalanceThreshold;
-  if (readsBooks()) await loadLots();
+  await Promise.all([readsBooks() ? loadLots() : null, loadSessions(sessionsFor())]);
   renderBalance(a.balance, a.lowBalanceThreshold);
 }
 

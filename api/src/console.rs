@@ -32,11 +32,13 @@ macro_rules! asset {
 const JS: &str = "text/javascript; charset=utf-8";
 
 /// Every file the page loads; anything else under `/console/` is a 404.
-static ASSETS: [Asset; 9] = [
+static ASSETS: [Asset; 11] = [
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.js", JS),
     asset!("api.js", JS),
     asset!("charts.js", JS),
+    asset!("sessions.js", JS),
+    asset!("ui.js", JS),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
     asset!("vendor/chart.umd.min.js", JS),

@@ -219,6 +219,32 @@ async function usageTable(page) {
   })));
 }
 
+/** The "Open now" table: who has what open, on which device, in use or idle. */
+async function openSessions(page) {
+  return page.$$eval("#sessions-open-table tbody tr[data-session-id]", (rows) => rows.map((r) => ({
+    id: r.dataset.sessionId,
+    email: r.dataset.userEmail,
+    device: r.dataset.device,
+    product: r.cells[1].querySelector(".name").textContent,
+    use: r.querySelector("[data-col=use]").textContent,
+    close: r.querySelector("button.close-session")?.getAttribute("aria-label") ?? null,
+  })));
+}
+
+/** The "Ended lately" table: state, tokens and the refund badge by session. */
+async function endedSessions(page) {
+  return page.$$eval("#sessions-recent-table tbody tr[data-session-id]", (rows) => rows.map((r) => ({
+    id: r.dataset.sessionId,
+    email: r.dataset.userEmail,
+    device: r.dataset.device,
+    state: r.dataset.state,
+    shown: r.querySelector(".status").textContent,
+    tokens: r.querySelector("[data-col=tokens]").firstChild.textContent,
+    refunded: !!r.querySelector(".flag-refunded"),
+  })));
+}
+const byDevice = (rows) => [...rows].sort((a, b) => a.device.localeCompare(b.device));
+
 /** RFC 4180 rows (quoted fields, CRLF). */
 function parseCsv(body) {
   const rows = [];
@@ -297,7 +323,22 @@ try {
     // "live" means the server accepted the connection; the subscribe message that
     // follows has no answer of its own, so give the server a moment to start it.
     await new Promise((r) => setTimeout(r, 500));
-    await shot(page, "balance", "Balance (admin): ring below the threshold, lots, one expiring soon");
+    const open = await openSessions(page);
+    eq(byDevice(open).map(({ email, device, product, use }) => ({ email, device, product, use })), byDevice(E.sessions.open), "sessions open now");
+    for (const o of open) {
+      assert(o.close && o.close.startsWith(`Close ${o.product} for `) && o.close.endsWith(` on ${o.device}`), `Close button named: ${o.close}`);
+    }
+    eq(await page.getAttribute("#sessions-open-table th.manage-only", "hidden"), null, "the actions column is shown to the admin");
+    const ended = await endedSessions(page);
+    assert(ended.length > 2 && ended.length <= 10, `ended lately: ${ended.length} rows`);
+    const lapsed = ended.find((r) => r.device === E.sessions.lapsedDevice);
+    const seen = (r) => r && { state: r.state, shown: r.shown, tokens: r.tokens, refunded: r.refunded };
+    eq(seen(lapsed), { state: "LAPSED", shown: "Lapsed", tokens: "3", refunded: false }, "the lapsed session, charged");
+    const short = ended.find((r) => r.device === E.sessions.refundedDevice);
+    eq(seen(short), { state: "CLOSED", shown: "Closed", tokens: "10", refunded: true }, "the short launch, refunded");
+    eq(ended.filter((r) => r.refunded).length, 1, "only the short launch is marked refunded");
+    assert(ended.every((r) => ["CLOSED", "LAPSED", "DENIED"].includes(r.state)), "only ended sessions under Ended lately");
+    await shot(page, "balance", "Balance (admin): ring below the threshold, lots, one expiring soon, sessions open now and ended lately");
     await a11y(page, "Balance (admin)");
   });
 
@@ -311,6 +352,54 @@ try {
     const after = await chartData(page, "chart-lots");
     eq(after.labels.length, before.labels.length + 1, "the lot chart has one more bar");
     assert(await page.evaluate(() => window.notReloaded === true), "the page was not reloaded");
+  });
+
+  await step("a short launch elsewhere shows up live under Ended lately, refunded, the balance as it was", async () => {
+    await page.evaluate(() => { window.notReloaded = true; });
+    const S = E.sessions;
+    const opened = (await gql(S.liveKey, "mutation($i: OpenProductInput!) { openProduct(input: $i) { granted session { id } } }",
+      { i: { productCode: S.liveProduct, deviceId: S.liveDevice } })).openProduct;
+    assert(opened.granted, "the open was granted");
+    await gql(S.liveKey, "mutation($id: ID!) { closeProduct(sessionId: $id) { state } }", { id: opened.session.id });
+    const row = await waitFor("the short launch under Ended lately", async () => {
+      const r = (await endedSessions(page)).find((x) => x.id === opened.session.id);
+      return r && r.refunded && r;
+    });
+    eq({ device: row.device, state: row.state, refunded: row.refunded }, { device: S.liveDevice, state: "CLOSED", refunded: true }, "the live short launch");
+    assert(!(await openSessions(page)).some((o) => o.id === opened.session.id), "no longer open");
+    await waitFor("the balance back as it was", async () => num(await text(page, "#balance-available")) === balance);
+    assert(await page.evaluate(() => window.notReloaded === true), "the page was not reloaded");
+  });
+
+  await step("keyboard only: the admin closes a session on the Balance page, and the API has it CLOSED", async () => {
+    const S = E.sessions;
+    const opener = (f) => f.row === S.closeEmail && f.cls.includes("close-session");
+    const state = async () => {
+      const { account } = await gql(seed.adminKey, "{ account { sessions(first: 100) { edges { node { id state charges { refunded } } } } } }");
+      return account.sessions.edges.map((e) => e.node).find((n) => n.id === S.closeId);
+    };
+    await page.focus("#sessions-open-title");
+    await tabTo(page, `the Close button of ${S.closeDevice}`, opener, { max: 5 });
+    // Asked first; Cancel closes nothing and leaves the focus where it was.
+    let asked = null;
+    page.once("dialog", (d) => { asked = d.message(); d.dismiss(); });
+    await page.keyboard.press("Enter");
+    await waitFor("the question", () => asked);
+    assert(asked.startsWith(`Close CAM Mill for Dev Drafter on ${S.closeDevice}?`), `the question: ${asked}`);
+    eq((await state()).state, "OPEN", "Cancel closed nothing");
+    await focusIs(page, "the same Close button", opener);
+    page.once("dialog", (d) => d.accept());
+    await page.keyboard.press("Enter");
+    await waitFor("the closed session under Ended lately", async () => (await endedSessions(page)).some((r) => r.id === S.closeId && r.state === "CLOSED"));
+    eq(await state(), { id: S.closeId, state: "CLOSED", charges: [{ refunded: false }] }, "CLOSED over the API, its charge kept");
+    const open = await openSessions(page);
+    eq(open.map((o) => o.device), E.sessions.open.map((o) => o.device).filter((d) => d !== S.closeDevice), "still open");
+    // The row is gone: the focus moves on to the next session's Close button.
+    await focusIs(page, "the next Close button", (f) => f.cls.includes("close-session") && f.row === open[0].email);
+    await waitFor("the announcement", async () => (await text(page, "#status")) === `Closed CAM Mill for Dev Drafter on ${S.closeDevice}`);
+    eq(num(await text(page, "#balance-available")), balance, "no refund past five minutes");
+    await shot(page, "balance-session-closed", "Balance (admin): a session closed with the keyboard, the focus on the next Close button");
+    await a11y(page, "Balance (admin) after closing a session");
   });
 
   await step("usage: the day chart, product bars and user table match the seed over 365 days", async () => {
@@ -595,7 +684,13 @@ try {
     await waitFor("the balance", async () => num(await text(phone, "#balance-available")) === balance);
     const overflow = () => phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     eq(await overflow(), 0, "no sideways scrolling on the balance page");
-    await shot(phone, "phone-balance", "Balance at phone width (390×844)");
+    await waitFor("the open sessions", async () => (await openSessions(phone)).length === E.sessions.open.length - 1);
+    // A table wider than the phone scrolls in its own box, which the keyboard reaches.
+    await waitFor("the sessions table to fit, or to scroll in a box the keyboard reaches", () => phone.$eval("#sessions-open-table", (t) => {
+      const w = t.closest(".table-wrap");
+      return w.scrollWidth <= w.clientWidth + 1 || (w.tabIndex === 0 && w.getAttribute("aria-label") === "Sessions open now (scrolls sideways)");
+    }), 5_000);
+    await shot(phone, "phone-balance", "Balance at phone width (390×844), the sessions included");
     await a11y(phone, "Balance at phone width");
     await go(phone, "usage");
     await waitFor("the day chart", () => chartData(phone, "chart-days"));
@@ -619,6 +714,11 @@ try {
     eq(await page.isVisible("#nav a[data-page=buy]"), false, "no Buy tokens in the navigation");
     await waitFor("the balance", async () => num(await text(page, "#balance-available")) > 0);
     eq(await page.isVisible("#threshold-form"), false, "no threshold form");
+    await waitFor("the open sessions", async () => (await openSessions(page)).length === E.sessions.open.length - 1);
+    eq((await openSessions(page)).filter((o) => o.close).length, 0, "no Close button for an analyst");
+    eq(await page.isVisible("#sessions-open-table th.manage-only"), false, "no actions column");
+    assert((await endedSessions(page)).length > 0, "the analyst reads the ended sessions");
+    await a11y(page, "Balance (analyst) with the sessions");
     await go(page, "people");
     eq((await page.$$("#people-table tbody tr")).length, E.users + 1, "every user listed");
     eq(await page.$$eval("#people-table tbody button, #people-table tbody input", (n) => n.length), 0, "no edit controls in the table");
@@ -644,7 +744,12 @@ try {
     eq(links, ["balance", "usage"], "pages for a member");
     await waitFor("the balance", async () => num(await text(page, "#balance-available")) > 0);
     eq(await page.isVisible("#lots-card"), false, "no lots");
-    await shot(page, "member-balance", "Balance as a member: no lots");
+    const open = await waitFor("their open session", async () => { const o = await openSessions(page); return o.length && o; });
+    eq(open.map(({ email, device, close }) => ({ email, device, close })), [{ email: E.memberEmail, device: "cleo-laptop", close: null }], "their own open session, no Close button");
+    const ended = await endedSessions(page);
+    assert(ended.length > 0 && ended.every((r) => r.email === E.memberEmail), "their own ended sessions only");
+    assert(await page.isVisible("#sessions-own-note"), "says they see their own");
+    await shot(page, "member-balance", "Balance as a member: no lots, their own sessions");
     await a11y(page, "Balance (member)");
     await go(page, "usage");
     const table = await usageTable(page);
@@ -661,6 +766,9 @@ try {
     await go(page, "balance");
     await waitFor("the account's balance", async () => num(await text(page, "#balance-available")) > 0);
     eq(await page.$eval("#account-select", (s) => s.selectedOptions[0].textContent), `${E.accountName} (#${E.accountId})`, "account chosen");
+    await waitFor("the account's open sessions", async () => (await openSessions(page)).length === E.sessions.open.length - 1);
+    assert((await openSessions(page)).every((o) => o.close), "the operator may close them");
+    eq(await page.isVisible("#sessions-own-note"), false, "not the member's note");
     await shot(page, "operator-balance", "Balance as the operator, with the account picker");
     await a11y(page, "Balance (operator) with the account picker");
   });

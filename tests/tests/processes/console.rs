@@ -54,6 +54,8 @@ async fn console_files_are_served_with_a_strict_policy() {
         ("/console/app.js", "text/javascript; charset=utf-8"),
         ("/console/api.js", "text/javascript; charset=utf-8"),
         ("/console/charts.js", "text/javascript; charset=utf-8"),
+        ("/console/sessions.js", "text/javascript; charset=utf-8"),
+        ("/console/ui.js", "text/javascript; charset=utf-8"),
         ("/console/style.css", "text/css; charset=utf-8"),
         ("/console/favicon.svg", "image/svg+xml"),
         (
@@ -163,11 +165,25 @@ impl Tally {
         code: &str,
         product_name: &str,
     ) -> Value {
+        self.open_on(s, who, code, product_name, None).await
+    }
+
+    /// An open from a launcher on `device` (Daypass's default device when `None`).
+    async fn open_on(
+        &mut self,
+        s: &TestServer,
+        who: &Person,
+        code: &str,
+        product_name: &str,
+        device: Option<&str>,
+    ) -> Value {
+        let input =
+            json!({"productCode": code, "deviceId": device, "version": device.map(|_| "2026.4")});
         let r = s
             .ok(
                 Some(&who.key),
-                "mutation($c: String!) { openProduct(input: {productCode: $c}) { granted tokensCharged denyReason } }",
-                json!({"c": code}),
+                "mutation($i: OpenProductInput!) { openProduct(input: $i) { granted tokensCharged denyReason session { id } } }",
+                json!({"i": input}),
             )
             .await["openProduct"]
             .clone();
@@ -179,15 +195,109 @@ impl Tally {
     }
 }
 
+/// The launcher on `who`'s machine says the session runs, in use or idle.
+async fn heartbeat(s: &TestServer, who: &Person, session: &str, active: bool) {
+    let r = s
+        .ok(
+            Some(&who.key),
+            "mutation($i: HeartbeatInput!) { heartbeat(input: $i) { granted tokensCharged } }",
+            json!({"i": {"sessionId": session, "active": active}}),
+        )
+        .await;
+    assert_eq!(
+        r["heartbeat"],
+        json!({"granted": true, "tokensCharged": 0}),
+        "{r:#}"
+    );
+}
+
+async fn advance_minutes(s: &TestServer, minutes: i64) {
+    s.ok(
+        OP,
+        "mutation($m: Int!) { advanceClock(hours: 0, minutes: $m) }",
+        json!({"m": minutes}),
+    )
+    .await;
+}
+
+/// The sessions the Balance page shows, started at the end of the story. Cleo's Viz
+/// Render on her desktop lapses (heard from ten minutes after its open, then
+/// silent), charged; Ben's launch of CAD Studio closes at once and is refunded as a
+/// short launch (rule 21); Cleo's Viz Render on her laptop (inside the window her
+/// desktop paid for, so free) and Dev's CAM Mill stay open, heard from six minutes
+/// after their opens, Cleo's in use and Dev's idle. The console closes Dev's later,
+/// past the five minutes of a short launch, so at no refund. Eight tokens in all:
+/// the story's oldest lot keeps a few, and stays flagged as expiring soon. Returns
+/// what the browser test expects.
+async fn open_sessions(s: &TestServer, tally: &mut Tally, people: &[&Person; 3]) -> Value {
+    let [ben, cleo, dev] = *people;
+    let session = |r: &Value| id(&r["session"]["id"]);
+    let desktop = tally
+        .open_on(s, cleo, "viz", "Viz Render", Some("cleo-desktop"))
+        .await;
+    assert_eq!(int(&desktop["tokensCharged"]), 3, "{desktop:#}");
+    advance_minutes(s, 10).await;
+    heartbeat(s, cleo, &session(&desktop), true).await;
+    advance_minutes(s, 20).await;
+
+    let r = s
+        .ok(
+            Some(&ben.key),
+            "mutation { openProduct(input: {productCode: \"cad\", deviceId: \"ben-tablet\"}) { tokensCharged session { id } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(int(&r["openProduct"]["tokensCharged"]), 10, "{r:#}");
+    let r = s
+        .ok(
+            Some(&ben.key),
+            "mutation($id: ID!) { closeProduct(sessionId: $id) { state charges { refunded } } }",
+            json!({"id": session(&r["openProduct"])}),
+        )
+        .await;
+    assert_eq!(
+        r["closeProduct"],
+        json!({"state": "CLOSED", "charges": [{"refunded": true}]}),
+        "a short launch: {r:#}"
+    );
+
+    let laptop = tally
+        .open_on(s, cleo, "viz", "Viz Render", Some("cleo-laptop"))
+        .await;
+    assert_eq!(int(&laptop["tokensCharged"]), 0, "{laptop:#}");
+    let workstation = tally
+        .open_on(s, dev, "cam", "CAM Mill", Some("dev-workstation"))
+        .await;
+    assert_eq!(int(&workstation["tokensCharged"]), 5, "{workstation:#}");
+    advance_minutes(s, 6).await;
+    heartbeat(s, cleo, &session(&laptop), true).await;
+    heartbeat(s, dev, &session(&workstation), false).await;
+    json!({
+        "open": [
+            {"email": cleo.email, "device": "cleo-laptop", "product": "Viz Render", "use": "Active"},
+            {"email": dev.email, "device": "dev-workstation", "product": "CAM Mill", "use": "Idle"},
+        ],
+        "lapsedDevice": "cleo-desktop",
+        "refundedDevice": "ben-tablet",
+        "closeId": session(&workstation),
+        "closeEmail": dev.email,
+        "closeDevice": "dev-workstation",
+        "liveKey": ben.key,
+        "liveDevice": "ben-phone",
+        "liveProduct": "cad",
+    })
+}
+
 /// Tokens the browser test buys with the keyboard alone.
 const KEYBOARD_PURCHASE: i64 = 250;
 
-/// Sign in as admin, read the balance, watch it change live, read usage and download
-/// the CSV, buy tokens, read spending, restrict a user and add one, read the
-/// notifications, buy and use the product dialog with the keyboard alone, use a
-/// phone-sized window, find an analyst's and a member's console without what their
-/// role may not do, and change an account's product list as the operator; axe-core
-/// checks every page against WCAG 2.1 A and AA; screenshots of each page.
+/// Sign in as admin, read the balance and the sessions, watch them change live, close
+/// a session with the keyboard, read usage and download the CSV, buy tokens, read
+/// spending, restrict a user and add one, read the notifications, buy and use the
+/// product dialog with the keyboard alone, use a phone-sized window, find an
+/// analyst's and a member's console without what their role may not do, and change
+/// an account's product list as the operator; axe-core checks every page against
+/// WCAG 2.1 A and AA; screenshots of each page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() {
     let Some((node, chromium)) = browser_tools() else {
@@ -320,6 +430,7 @@ async fn console_in_a_real_browser() {
     s.ok(OP, "mutation { advanceClock(hours: 144) }", json!({}))
         .await;
     s.ok(OP, "mutation { runMaintenance }", json!({})).await;
+    let sessions = open_sessions(&s, &mut tally, &[ben, cleo, dev]).await;
     let now = at(&s
         .ok(OP, "mutation { advanceClock(hours: 0) }", json!({}))
         .await["advanceClock"]);
@@ -360,6 +471,7 @@ async fn console_in_a_real_browser() {
             "allowedProductName": "Viz Render",
             "keyboardEmail": dev.email,
             "keyboardQuantity": KEYBOARD_PURCHASE,
+            "sessions": sessions,
         },
     });
 
@@ -395,6 +507,28 @@ async fn console_in_a_real_browser() {
     .await
     .unwrap();
     assert!(status.success(), "console browser tests failed: {status}");
+
+    // The session the admin closed in the browser is closed for the API too.
+    let closed = s
+        .ok(
+            Some(&admin.key),
+            "{ account { sessions(state: CLOSED, first: 500) { edges { node { id deviceId charges { refunded } } } } } }",
+            json!({}),
+        )
+        .await;
+    let closed = closed["account"]["sessions"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"]["id"] == sessions["closeId"])
+        .map(|e| e["node"].clone());
+    assert_eq!(
+        closed,
+        Some(
+            json!({"id": sessions["closeId"], "deviceId": "dev-workstation", "charges": [{"refunded": false}]})
+        ),
+        "the session closed in the browser"
+    );
 
     // What the browser did went through the API: the restriction holds for Ben.
     let r = s
