@@ -13,6 +13,7 @@ pub mod clock;
 pub mod conditions;
 pub mod delivery;
 pub mod error;
+pub mod leases;
 pub mod ledger;
 pub mod lots;
 pub mod notifications;

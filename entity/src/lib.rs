@@ -9,6 +9,7 @@ pub mod notification;
 pub mod open;
 pub mod price_band;
 pub mod product;
+pub mod signing_key;
 pub mod subscription;
 pub mod subscription_seat;
 pub mod user;

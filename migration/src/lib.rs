@@ -7,6 +7,7 @@ mod m20261128_000002_notifications;
 mod m20261128_000003_usage_rollups;
 mod m20261129_000001_period_users_since;
 mod m20261129_000002_user_day_blocks;
+mod m20261206_000002_signing_keys;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_usage_rollups::Migration),
             Box::new(m20261129_000001_period_users_since::Migration),
             Box::new(m20261129_000002_user_day_blocks::Migration),
+            Box::new(m20261206_000002_signing_keys::Migration),
         ]
     }
 }
