@@ -48,6 +48,11 @@ pub struct Config {
         global = true
     )]
     pub mutation_rate: u32,
+    /// PKCS#8 PEM file of the Ed25519 key that signs offline leases, installed as the
+    /// current key at start (shared through the database with every process); unset:
+    /// a key is made once and kept in the database.
+    #[arg(long, env = "DAYPASS_SIGNING_KEY_FILE", global = true)]
+    pub signing_key_file: Option<std::path::PathBuf>,
     /// `1`: the test clock mutations exist (never in production).
     #[arg(long, env = "DAYPASS_TEST_CLOCK", default_value = "", global = true, value_parser = parse_flag, action = clap::ArgAction::Set)]
     pub test_clock: bool,

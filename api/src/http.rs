@@ -1,5 +1,5 @@
 //! HTTP: the GraphQL endpoint and its WebSocket twin, GraphiQL, health and metrics,
-//! and the admin console's static files.
+//! the offline leases' public keys, and the admin console's static files.
 
 use crate::graphql::context::{Req, limit_key};
 use crate::graphql::error::gql;
@@ -39,6 +39,7 @@ pub fn router(state: AppState, cors_origins: Option<&str>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/reports/usage.csv", get(crate::usage_csv::usage_csv))
+        .route("/.well-known/jwks.json", get(crate::jwks::jwks))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // The GraphQL extractor streams the body itself, so `DefaultBodyLimit` (which
         // only the buffering extractors read) does not bound it: this layer does, for

@@ -10,6 +10,7 @@ pub mod open;
 pub mod price_band;
 pub mod product;
 pub mod session;
+pub mod signing_key;
 pub mod subscription;
 pub mod subscription_seat;
 pub mod user;

@@ -8,6 +8,7 @@ mod m20261128_000003_usage_rollups;
 mod m20261129_000001_period_users_since;
 mod m20261129_000002_user_day_blocks;
 mod m20261206_000001_sessions;
+mod m20261206_000002_signing_keys;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_period_users_since::Migration),
             Box::new(m20261129_000002_user_day_blocks::Migration),
             Box::new(m20261206_000001_sessions::Migration),
+            Box::new(m20261206_000002_signing_keys::Migration),
         ]
     }
 }

@@ -34,6 +34,9 @@ pub enum Command {
         #[arg(long)]
         admin_name: String,
     },
+    /// Make a new key sign offline leases and print its kid; the previous key stays
+    /// published until the last lease it signed has expired (24 hours).
+    RotateSigningKey,
 }
 
 #[cfg(test)]
@@ -71,5 +74,21 @@ mod tests {
             assert_eq!(cli.config.shared.database_url, "sqlite://x.db");
             assert_eq!(cli.config.listen, "0.0.0.0:1");
         }
+    }
+
+    #[test]
+    fn the_signing_key_file_is_a_flag_and_rotation_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "daypass",
+            "rotate-signing-key",
+            "--signing-key-file",
+            "k.pem",
+        ])
+        .expect("parses");
+        assert!(matches!(cli.command, Some(Command::RotateSigningKey)));
+        assert_eq!(
+            cli.config.signing_key_file.as_deref(),
+            Some(std::path::Path::new("k.pem"))
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use daypass_api::http;
-use daypass_domain::{Actor, Clock, Db, SystemClock, accounts};
+use daypass_domain::{Actor, Clock, Db, SystemClock, accounts, leases};
 use daypass_ops::{init_tracing, shutdown_signal};
 use daypass_server::cli::{Cli, Command};
 use daypass_server::workers_beside;
@@ -46,6 +46,22 @@ async fn main() -> anyhow::Result<()> {
                 created.account.id, created.admin.email, created.admin.id
             );
             println!("{}", created.admin_api_key);
+        }
+        Command::RotateSigningKey => {
+            if let Some(path) = &config.signing_key_file {
+                anyhow::bail!(
+                    "DAYPASS_SIGNING_KEY_FILE is set ({}): every start installs that key again, \
+                     so rotate by putting a new key in that file and restarting",
+                    path.display()
+                );
+            }
+            let db = Db::connect(&config.shared.database_url).await?;
+            db.migrate().await?;
+            let kid = leases::rotate_signing_key(&db, SystemClock.now())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("lease signing key rotated; the previous key stays published for 24 hours");
+            println!("{kid}");
         }
         Command::Serve => {
             let connected = daypass_api::connect(&config).await?;

@@ -11,6 +11,7 @@ mod e2e;
 mod harness;
 mod hostile;
 mod invariants;
+mod leases;
 mod live;
 mod model;
 mod notifications;

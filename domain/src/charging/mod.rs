@@ -185,7 +185,6 @@ async fn lease_for(
         answer.seat_ends_at,
     )
     .await
-    .map(Some)
 }
 
 impl OpenOutcome {

@@ -159,19 +159,17 @@ pub async fn heartbeat(
     }
     if req.offline {
         let source = outcome.session.source()?;
-        outcome.offline_lease = Some(
-            lease_for(
-                db,
-                &outcome.session.session,
-                seen.session.account_id,
-                &seen.product.code,
-                source,
-                now,
-                outcome.window_ends_at,
-                seen.seat_ends_at,
-            )
-            .await?,
-        );
+        outcome.offline_lease = lease_for(
+            db,
+            &outcome.session.session,
+            seen.session.account_id,
+            &seen.product.code,
+            source,
+            now,
+            outcome.window_ends_at,
+            seen.seat_ends_at,
+        )
+        .await?;
     }
     Ok(outcome)
 }

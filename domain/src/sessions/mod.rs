@@ -281,7 +281,8 @@ pub(crate) async fn mark_ended(
 }
 
 /// Rule 23: the offline lease for a session, expiring at the earliest of a day, the
-/// window's end and the subscription's end.
+/// window's end and the subscription's end; `None` when that is already past (an
+/// idle product whose window has ended has nothing to work offline on).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn lease_for(
     db: &Db,
@@ -292,11 +293,15 @@ pub(crate) async fn lease_for(
     issued_at: DateTime<Utc>,
     window_ends_at: Option<DateTime<Utc>>,
     seat_ends_at: Option<DateTime<Utc>>,
-) -> Result<String> {
+) -> Result<Option<String>> {
     let (window_ends_at, seat_ends_at) = match source {
         AccessSource::Flex => (window_ends_at, None),
         AccessSource::Subscription => (None, seat_ends_at),
     };
+    let expires_at = rules::lease_expiry(issued_at, window_ends_at, seat_ends_at);
+    if expires_at <= issued_at {
+        return Ok(None);
+    }
     let claims = crate::leases::LeaseClaims {
         account_id,
         user_id: session.user_id,
@@ -304,7 +309,7 @@ pub(crate) async fn lease_for(
         source,
         session_id: session.id.clone(),
         issued_at,
-        expires_at: rules::lease_expiry(issued_at, window_ends_at, seat_ends_at),
+        expires_at,
     };
-    crate::leases::issue_lease(db, &claims).await
+    crate::leases::issue_lease(db, &claims).await.map(Some)
 }
