@@ -15,6 +15,7 @@ mod writes;
 
 pub use access_check::{AccessCheck, check_access};
 pub(crate) use batches::renew;
+pub(crate) use situation::{balance_sql, prefixed_columns, seat_ends_at_sql};
 
 use crate::access::Actor;
 use crate::error::{DomainError, Result};

@@ -74,20 +74,12 @@ fn situations_sql(backend: DatabaseBackend, n: usize) -> Arc<str> {
 
 /// The query with `?` placeholders.
 fn build_situations_sql(backend: DatabaseBackend, n: usize) -> String {
-    use conditions::{active_subscription, column, live_lot, text};
+    use conditions::{active_subscription, column, text};
     use sea_orm::sea_query::Alias;
     let at = || column("asked", "at");
-    let seat_active = text(backend, active_subscription(Alias::new("sub"), at()));
     let plan_active = text(backend, active_subscription(Alias::new("held"), at()));
-    let lot_live = text(backend, live_lot(Alias::new("l"), at()));
     // The user's and the active product's columns, prefixed to tell them apart.
-    let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
-        names
-            .into_iter()
-            .map(|c| format!("{table}.{c} AS {prefix}{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let columns = prefixed_columns;
     // Which plans the account holds, one bit each; rule 13 picks from them.
     let flags: String = PlanLevel::ALL
         .iter()
@@ -105,11 +97,7 @@ fn build_situations_sql(backend: DatabaseBackend, n: usize) -> String {
           AND a.user_id = u.id AND a.product_id = p.id) AS user_lists, \
          (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
           AS window_ends_at, \
-         (SELECT MAX(sub.ends_at) FROM subscription_seats s \
-          JOIN subscriptions sub ON sub.id = s.subscription_id \
-          WHERE s.user_id = u.id AND sub.product_id = p.id AND {seat_active}) AS seat_ends_at, \
-         (SELECT CAST(COALESCE(SUM(l.remaining), 0) AS BIGINT) FROM lots l \
-          WHERE l.account_id = u.account_id AND {lot_live}) AS balance, \
+         {} AS seat_ends_at, {} AS balance, \
          (SELECT CAST(COALESCE(SUM(DISTINCT CASE held.plan_level{flags} ELSE 0 END), 0) \
           AS BIGINT) FROM subscriptions held \
           WHERE held.account_id = u.account_id AND {plan_active}) AS plans \
@@ -126,6 +114,54 @@ fn build_situations_sql(backend: DatabaseBackend, n: usize) -> String {
             "p_",
             product::Column::iter().map(|c| c.as_str()).collect()
         ),
+        seat_ends_at_sql(backend, "u.id", "p.id", at()),
+        balance_sql(backend, "u.account_id", at()),
+    )
+}
+
+/// `table`'s columns `names`, each as `prefix` + its name, for a select list that
+/// reads several tables' models from one row.
+pub(crate) fn prefixed_columns(table: &str, prefix: &str, names: Vec<&'static str>) -> String {
+    names
+        .into_iter()
+        .map(|c| format!("{table}.{c} AS {prefix}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rule 9 as a scalar subquery: when the latest subscription to `product` whose
+/// seat `user` holds, active at `at`, ends (NULL: no such seat). The opens' and
+/// the heartbeats' reads both embed it.
+pub(crate) fn seat_ends_at_sql(
+    backend: DatabaseBackend,
+    user: &str,
+    product: &str,
+    at: sea_orm::sea_query::Expr,
+) -> String {
+    let active = conditions::text(
+        backend,
+        conditions::active_subscription(sea_orm::sea_query::Alias::new("sub"), at),
+    );
+    format!(
+        "(SELECT MAX(sub.ends_at) FROM subscription_seats seat \
+         JOIN subscriptions sub ON sub.id = seat.subscription_id \
+         WHERE seat.user_id = {user} AND sub.product_id = {product} AND {active})"
+    )
+}
+
+/// Rule 6 as a scalar subquery: the tokens in `account`'s live lots at `at`.
+pub(crate) fn balance_sql(
+    backend: DatabaseBackend,
+    account: &str,
+    at: sea_orm::sea_query::Expr,
+) -> String {
+    let live = conditions::text(
+        backend,
+        conditions::live_lot(sea_orm::sea_query::Alias::new("l"), at),
+    );
+    format!(
+        "(SELECT CAST(COALESCE(SUM(l.remaining), 0) AS BIGINT) FROM lots l \
+         WHERE l.account_id = {account} AND {live})"
     )
 }
 

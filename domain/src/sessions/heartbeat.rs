@@ -5,7 +5,8 @@
 use super::{SessionView, lease_for, mark_denied};
 use crate::access::Actor;
 use crate::charging::renew;
-use crate::conditions::{self, active_subscription, column, live_lot, text};
+use crate::charging::{balance_sql, prefixed_columns, seat_ends_at_sql};
+use crate::conditions::{self, column, text};
 use crate::error::{DomainError, Result};
 use crate::rules;
 use crate::store::{BatchFuture, Db, GroupCommit, stmt};
@@ -230,39 +231,27 @@ struct Seen {
 
 fn read_sql(backend: DatabaseBackend, n: usize) -> String {
     let at = || column("asked", "at");
-    let seat_active = text(backend, active_subscription(Alias::new("sub"), at()));
-    let lot_live = text(backend, live_lot(Alias::new("l"), at()));
-    let columns = |table: &str, prefix: &str, names: Vec<&'static str>| -> String {
-        names
-            .into_iter()
-            .map(|c| format!("{table}.{c} AS {prefix}{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     format!(
         "WITH asked(i, id, at) AS (VALUES {}) \
          SELECT asked.i AS asked, {}, {}, u.active AS user_active, \
          (SELECT ends_at FROM windows w WHERE w.user_id = s.user_id \
           AND w.product_id = s.product_id) AS window_ends_at, \
-         (SELECT MAX(sub.ends_at) FROM subscription_seats st \
-          JOIN subscriptions sub ON sub.id = st.subscription_id \
-          WHERE st.user_id = s.user_id AND sub.product_id = s.product_id AND {seat_active}) \
-          AS seat_ends_at, \
-         (SELECT CAST(COALESCE(SUM(l.remaining), 0) AS BIGINT) FROM lots l \
-          WHERE l.account_id = s.account_id AND {lot_live}) AS balance \
+         {} AS seat_ends_at, {} AS balance \
          FROM asked JOIN sessions s ON s.id = asked.id \
          JOIN users u ON u.id = s.user_id JOIN products p ON p.id = s.product_id",
         vec!["(?, ?, ?)"; n].join(", "),
-        columns(
+        prefixed_columns(
             "s",
             "s_",
             session::Column::iter().map(|c| c.as_str()).collect()
         ),
-        columns(
+        prefixed_columns(
             "p",
             "p_",
             product::Column::iter().map(|c| c.as_str()).collect()
         ),
+        seat_ends_at_sql(backend, "s.user_id", "s.product_id", at()),
+        balance_sql(backend, "s.account_id", at()),
     )
 }
 

@@ -113,7 +113,7 @@ impl Db {
         let (conn, records) = if is_sqlite {
             let mut opts = sqlite(SqliteSynchronous::Full);
             opts.max_connections(8).min_connections(1);
-            let conn = Database::connect(opts).await?;
+            let conn = connect_sqlite(opts).await?;
             // Records of opens that move no tokens (reopens, subscription opens,
             // denials) commit without waiting for the disk (`synchronous = NORMAL`):
             // they survive a crash of the process, and the next purchase or charge
@@ -125,7 +125,7 @@ impl Db {
             } else {
                 let mut opts = sqlite(SqliteSynchronous::Normal);
                 opts.max_connections(1).min_connections(1);
-                Some(Database::connect(opts).await?)
+                Some(connect_sqlite(opts).await?)
             };
             (conn, records)
         } else {
@@ -254,6 +254,26 @@ impl Db {
             query = query.lock_exclusive();
         }
         Ok(query.all(&**tx).await?)
+    }
+}
+
+/// Connects to SQLite, waiting while another process holds the lock a new
+/// connection needs (a database being created and migrated by a process started at
+/// the same moment answers "database is locked" to the connection's set-up
+/// pragmas without waiting in the busy handler).
+async fn connect_sqlite(opts: ConnectOptions) -> Result<DatabaseConnection> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match Database::connect(opts.clone()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e)
+                if e.to_string().contains("database is locked")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
