@@ -421,6 +421,16 @@ async fn a_lost_seat_or_a_deactivation_ends_the_session() {
     assert_eq!(off["granted"], false);
     assert_eq!(off["denyReason"], "USER_DEACTIVATED");
     assert_eq!(off["session"]["state"], "DENIED");
+    // Closing is a change like any other: forbidden to a deactivated user.
+    assert_eq!(
+        s.error_code(
+            Some(&member),
+            "mutation($s: ID!) { closeProduct(sessionId: $s) { state } }",
+            json!({"s": sid})
+        )
+        .await,
+        "FORBIDDEN"
+    );
 }
 
 #[tokio::test]
@@ -675,6 +685,16 @@ async fn a_refund_of_a_rolled_day_corrects_its_rollups() {
     assert_eq!(totals(db).await, 0);
     assert_eq!(usage(&s, &admin).await, (1, 0, 0, 0));
     assert_eq!(usage(&s, &admin2).await, (1, 0, 0, 0));
+    // Refunded two days late: the window had ended and keeps its end.
+    let d = s
+        .ok(Some(&member), "{ account { sessions { edges { node { startedAt charges { refunded windowEndsAt } } } } } }", json!({}))
+        .await;
+    let node = &d["account"]["sessions"]["edges"][0]["node"];
+    assert_eq!(node["charges"][0]["refunded"], true);
+    assert!(
+        at(&node["charges"][0]["windowEndsAt"])
+            <= at(&node["startedAt"]) + chrono::Duration::hours(24)
+    );
 
     // A day closed but not rolled yet: the refund leaves a correction.
     let sid = id(&open(&s, &member, &code).await["session"]["id"]);

@@ -46,6 +46,8 @@ pub async fn close_session(
         .one(db.conn())
         .await?
         .ok_or_else(not_found)?;
+    // A deactivated user reads `viewer` and nothing else (rule 19).
+    actor.require_active()?;
     let own = actor.user().is_some_and(|u| u.user_id == found.user_id);
     if !own {
         actor
@@ -188,7 +190,12 @@ async fn refund_if_short(
     }
     let refunded = charge::Entity::update_many()
         .col_expr(charge::Column::RefundedAt, Expr::value(Some(now)))
-        .col_expr(charge::Column::WindowEndsAt, Expr::value(now))
+        // A window that had ended before a late refund (a lapse swept long after)
+        // keeps its end: it never reaches into the next charge's window.
+        .col_expr(
+            charge::Column::WindowEndsAt,
+            Expr::value(Ord::min(charge.window_ends_at, now)),
+        )
         .filter(charge::Column::Id.eq(charge.id))
         .filter(charge::Column::RefundedAt.is_null())
         .exec(&**tx)
