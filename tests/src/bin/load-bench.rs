@@ -2,15 +2,17 @@
 //! driven with `openProduct` over HTTP by 16 concurrent keep-alive connections —
 //! charging opens (each a distinct user–product pair), reopens inside the window,
 //! for one account with thousands of flex users and for users spread over 1,000
-//! accounts — with the server's peak RSS and, in the same run, the raw-SQL ceilings
-//! of the same charge: pgbench (one account, 1,000 accounts) and the sqlite3 shell.
-//! Prints each figure, each ratio to its ceiling and a Markdown table. Missing a
-//! target is not an error; any failed request is.
+//! accounts — then `heartbeat` (in use, inside the window) once for each session
+//! those opens started, with the server's peak RSS and, in the same run, the
+//! raw-SQL ceilings of the same charge: pgbench (one account, 1,000 accounts) and
+//! the sqlite3 shell. Prints each figure, each ratio to its ceiling (heartbeats: to
+//! the faster charging phase) and Markdown tables. Missing a target is not an
+//! error; any failed request is.
 //!
 //! ```sh
 //! cargo run --release -p daypass-tests --bin load-bench -- \
 //!   [--backend sqlite|postgres|both] [--users 4000] [--products 40] [--accounts 1000] \
-//!   [--requests 10000] [--concurrency 16] [--ceiling-seconds 10] [--smoke] \
+//!   [--requests 10000] [--heartbeats 40000] [--concurrency 16] [--ceiling-seconds 10] [--smoke] \
 //!   [--postgres postgres://root@127.0.0.1:5432/postgres] [--daypass-bin PATH] [--json FILE]
 //! ```
 
@@ -23,6 +25,7 @@ use load::drive::{self, Expect, Phase, PhaseStats};
 use load::report::{self, BackendRun};
 use load::server::{Rss, Server};
 use load::setup::{self, Fixture, Group, Spec};
+use reqwest::header::HeaderValue;
 use sea_orm::{ConnectionTrait, Database};
 use std::path::PathBuf;
 
@@ -52,6 +55,10 @@ struct Args {
     /// phase sends them again [default: 10000; smoke: 120].
     #[arg(long)]
     requests: Option<usize>,
+    /// Heartbeats of the heartbeat phase, each of a different session the four
+    /// open phases started [default and at most: 4 × --requests].
+    #[arg(long)]
+    heartbeats: Option<usize>,
     /// Concurrent connections (and pgbench clients).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -76,6 +83,7 @@ struct Args {
 
 struct Settings {
     spec: Spec,
+    heartbeats: usize,
     concurrency: usize,
     ceiling_seconds: u64,
     smoke: bool,
@@ -88,13 +96,15 @@ impl Settings {
         let s = &self.spec;
         format!(
             "{} cores, {} flex users in 1 account and {} over {} accounts, {} products, \
-             {} charging opens per phase, {} connections, pgbench -T {} s, daypass {}{}",
+             {} charging opens per phase, {} heartbeats, {} connections, pgbench -T {} s, \
+             daypass {}{}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             report::thousands(s.users as f64),
             report::thousands((s.per_account() * s.accounts) as f64),
             report::thousands(s.accounts as f64),
             s.products,
             report::thousands(s.requests as f64),
+            report::thousands(self.heartbeats as f64),
             self.concurrency,
             self.ceiling_seconds,
             self.bin.display(),
@@ -120,6 +130,13 @@ async fn main() -> Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    let sessions = 4 * spec.requests;
+    let heartbeats = args.heartbeats.unwrap_or(sessions);
+    if heartbeats == 0 || heartbeats > sessions {
+        bail!(
+            "--heartbeats must be 1 to {sessions}: one for each session the four open phases start"
+        );
+    }
     let bin = match args.daypass_bin {
         Some(bin) => bin,
         None => {
@@ -129,6 +146,7 @@ async fn main() -> Result<()> {
     };
     let settings = Settings {
         spec,
+        heartbeats,
         concurrency: args.concurrency,
         ceiling_seconds: args.ceiling_seconds.unwrap_or(if smoke { 1 } else { 10 }),
         smoke,
@@ -252,12 +270,13 @@ fn spread_label(s: &Settings) -> String {
     format!("{} accounts", report::thousands(s.spec.accounts as f64))
 }
 
-/// The server's four phases and its memory.
+/// The server's five phases and its memory.
 struct Measured {
     one_charge: PhaseStats,
     one_reopen: PhaseStats,
     spread_charge: PhaseStats,
     spread_reopen: PhaseStats,
+    heartbeats: PhaseStats,
     rss: Rss,
 }
 
@@ -277,6 +296,7 @@ impl Measured {
             one_reopen: self.one_reopen,
             spread_charge: self.spread_charge,
             spread_reopen: self.spread_reopen,
+            heartbeats: self.heartbeats,
             ceiling_one,
             ceiling_spread,
             notify,
@@ -286,7 +306,8 @@ impl Measured {
 }
 
 /// Writes the fixture into the empty database at `url`, starts the server on it,
-/// runs the four phases, reads the server's memory and stops it.
+/// runs the four open phases and the heartbeats of the sessions they started, reads
+/// the server's memory and stops it.
 async fn measure(url: &str, s: &Settings) -> Result<(Fixture, Measured)> {
     let fixture = setup::prepare(url, &s.spec).await?;
     let server = Server::start(&s.bin, url, &daypass_domain::auth::generate_api_key()).await?;
@@ -294,6 +315,7 @@ async fn measure(url: &str, s: &Settings) -> Result<(Fixture, Measured)> {
     drive::warm_up(&clients, &server.base_url, &fixture.one.users[0].key).await?;
     let spread = spread_label(s);
     let mut stats = Vec::new();
+    let mut opened = Vec::new();
     for (group, label) in [
         (&fixture.one, "1 account"),
         (&fixture.spread, spread.as_str()),
@@ -306,18 +328,16 @@ async fn measure(url: &str, s: &Settings) -> Result<(Fixture, Measured)> {
             let phase = phase(&fixture, group, name, expect)?;
             let st = drive::run(&clients, &server.base_url, &phase).await;
             report::print_phase(&st);
-            if st.failures > 0 {
-                bail!(
-                    "{}: {} of {} opens failed; the first:\n  {}",
-                    st.name,
-                    st.failures,
-                    st.latencies.len(),
-                    st.samples.join("\n  ")
-                );
-            }
+            succeeded(&st)?;
+            opened.push(started_sessions(&phase, &st)?);
             stats.push(st);
         }
     }
+    let beats = Phase::heartbeats("heartbeats".into(), interleave(opened, s.heartbeats))?;
+    let st = drive::run(&clients, &server.base_url, &beats).await;
+    report::print_phase(&st);
+    succeeded(&st)?;
+    stats.push(st);
     let rss = server.rss()?;
     println!(
         "  server (pid {}): peak RSS {:.1} MiB, now {:.1} MiB",
@@ -334,6 +354,7 @@ async fn measure(url: &str, s: &Settings) -> Result<(Fixture, Measured)> {
         one_reopen: next()?,
         spread_charge: next()?,
         spread_reopen: next()?,
+        heartbeats: next()?,
         rss,
     };
     Ok((fixture, measured))
@@ -352,4 +373,59 @@ fn phase(fixture: &Fixture, group: &Group, name: String, expect: Expect) -> Resu
             )
         }),
     )
+}
+
+/// Any failed request fails the run.
+fn succeeded(st: &PhaseStats) -> Result<()> {
+    if st.failures > 0 {
+        bail!(
+            "{}: {} of {} {} failed; the first:\n  {}",
+            st.name,
+            st.failures,
+            st.latencies.len(),
+            st.unit,
+            st.samples.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// The sessions an open phase started, each with its user's `Authorization`, in
+/// the phase's order.
+fn started_sessions(phase: &Phase, st: &PhaseStats) -> Result<Vec<(HeaderValue, String)>> {
+    if st.sessions.len() != phase.requests.len() {
+        bail!(
+            "{}: {} sessions from {} opens",
+            st.name,
+            st.sessions.len(),
+            phase.requests.len()
+        );
+    }
+    Ok(st
+        .sessions
+        .iter()
+        .map(|(i, id)| (phase.requests[*i].auth.clone(), id.clone()))
+        .collect())
+}
+
+/// The first `n` sessions taking one from each phase in turn, so consecutive
+/// heartbeats are of different users and accounts.
+fn interleave(
+    phases: Vec<Vec<(HeaderValue, String)>>,
+    n: usize,
+) -> impl Iterator<Item = (HeaderValue, String)> {
+    let mut iters: Vec<_> = phases.into_iter().map(Vec::into_iter).collect();
+    std::iter::from_fn(move || {
+        let mut any = false;
+        let mut round = Vec::with_capacity(iters.len());
+        for it in &mut iters {
+            if let Some(x) = it.next() {
+                any = true;
+                round.push(x);
+            }
+        }
+        any.then_some(round)
+    })
+    .flatten()
+    .take(n)
 }

@@ -1,9 +1,9 @@
 //! The load generator: `concurrency` workers, each with its own HTTP/1.1 keep-alive
 //! connection (one `reqwest::Client` each, at most one idle connection), taking the
 //! next request of the phase until none is left. Every request is an `openProduct`
-//! mutation with the user's bearer key; every answer is checked, and a phase with
-//! any error or unexpected answer fails the run: a benchmark that measures errors
-//! measures the wrong thing.
+//! or a `heartbeat` mutation with the user's bearer key; every answer is checked,
+//! and a phase with any error or unexpected answer fails the run: a benchmark that
+//! measures errors measures the wrong thing.
 
 use anyhow::{Context, Result, bail};
 use futures::future::join_all;
@@ -12,8 +12,12 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// What a launcher asks for when it opens a product.
-pub const OPEN: &str = "mutation($c:String!){openProduct(input:{productCode:$c}){granted source tokensCharged windowEndsAt denyReason balance planLevel}}";
+/// What a launcher asks for when it opens a product (the session's id, for its
+/// heartbeats).
+pub const OPEN: &str = "mutation($c:String!){openProduct(input:{productCode:$c}){granted source tokensCharged windowEndsAt denyReason balance planLevel session{id}}}";
+
+/// What a launcher sends every few minutes while the product is in use.
+pub const HEARTBEAT: &str = "mutation($s:ID!){heartbeat(input:{sessionId:$s,active:true}){granted denyReason tokensCharged windowEndsAt balance session{id state}}}";
 
 /// A phase stops early after this many failures (the run fails anyway).
 const MAX_FAILURES: usize = 100;
@@ -28,16 +32,27 @@ pub enum Expect {
 }
 
 /// One phase's requests: for each, the user's `Authorization` value, the body and
-/// the tokens it must charge.
+/// what its answer must be.
 pub struct Phase {
     pub name: String,
+    /// What a request is, in the printed rate: "opens" or "heartbeats".
+    pub unit: &'static str,
     pub requests: Vec<Request>,
 }
 
 pub struct Request {
     pub auth: HeaderValue,
     pub body: String,
-    pub tokens: i64,
+    pub answer: Answer,
+}
+
+/// The answer a request must get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// An open granted from FLEX, charging exactly these tokens, with its session.
+    Open { tokens: i64 },
+    /// A heartbeat of this open session granted, charging nothing.
+    Heartbeat { session: String },
 }
 
 impl Phase {
@@ -52,14 +67,44 @@ impl Phase {
                 Ok(Request {
                     auth: HeaderValue::from_str(&format!("Bearer {key}"))?,
                     body: serde_json::to_string(&json!({"query": OPEN, "variables": {"c": code}}))?,
-                    tokens: match expect {
-                        Expect::Charge => rate,
-                        Expect::Reopen => 0,
+                    answer: Answer::Open {
+                        tokens: match expect {
+                            Expect::Charge => rate,
+                            Expect::Reopen => 0,
+                        },
                     },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Phase { name, requests })
+        Ok(Phase {
+            name,
+            unit: "opens",
+            requests,
+        })
+    }
+
+    /// One heartbeat (in use) of each session, each with its user's
+    /// `Authorization` value.
+    pub fn heartbeats(
+        name: String,
+        sessions: impl Iterator<Item = (HeaderValue, String)>,
+    ) -> Result<Phase> {
+        let requests = sessions
+            .map(|(auth, session)| {
+                Ok(Request {
+                    auth,
+                    body: serde_json::to_string(
+                        &json!({"query": HEARTBEAT, "variables": {"s": session}}),
+                    )?,
+                    answer: Answer::Heartbeat { session },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Phase {
+            name,
+            unit: "heartbeats",
+            requests,
+        })
     }
 }
 
@@ -67,6 +112,8 @@ impl Phase {
 #[derive(Debug, Clone)]
 pub struct PhaseStats {
     pub name: String,
+    /// "opens" or "heartbeats".
+    pub unit: &'static str,
     pub requests: usize,
     pub elapsed: Duration,
     /// Sorted, one per request sent.
@@ -74,6 +121,8 @@ pub struct PhaseStats {
     pub failures: usize,
     /// The first few failures, described.
     pub samples: Vec<String>,
+    /// The sessions the phase's opens started: (request index, session id).
+    pub sessions: Vec<(usize, String)>,
 }
 
 impl PhaseStats {
@@ -156,6 +205,7 @@ pub async fn run_until(
         async move {
             let mut latencies = Vec::new();
             let mut failures = Vec::new();
+            let mut sessions = Vec::new();
             while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(req) = phase.requests.get(i) else {
@@ -164,33 +214,42 @@ pub async fn run_until(
                 let t = Instant::now();
                 let answer = send(client, url, req).await;
                 latencies.push(t.elapsed());
-                if let Err(e) = answer.and_then(|v| check(&v, req.tokens)) {
-                    failures.push(format!("request {i}: {e:#}"));
-                    if failures.len() >= MAX_FAILURES {
-                        stop.store(true, Ordering::Relaxed);
+                match answer.and_then(|v| check(&v, &req.answer)) {
+                    Ok(Some(session)) => sessions.push((i, session)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failures.push(format!("request {i}: {e:#}"));
+                        if failures.len() >= MAX_FAILURES {
+                            stop.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
             }
-            (latencies, failures)
+            (latencies, failures, sessions)
         }
     }))
     .await;
     let elapsed = started.elapsed();
     let mut latencies = Vec::with_capacity(phase.requests.len());
     let mut failures = Vec::new();
-    for (l, f) in workers {
+    let mut sessions = Vec::new();
+    for (l, f, s) in workers {
         latencies.extend(l);
         failures.extend(f);
+        sessions.extend(s);
     }
     latencies.sort_unstable();
+    sessions.sort_unstable();
     PhaseStats {
         name: phase.name.clone(),
+        unit: phase.unit,
         // Those sent: all of them, unless failures or the deadline stopped the phase.
         requests: latencies.len(),
         elapsed,
         latencies,
         failures: failures.len(),
         samples: failures.into_iter().take(5).collect(),
+        sessions,
     }
 }
 
@@ -211,12 +270,21 @@ async fn send(client: &reqwest::Client, url: &str, req: &Request) -> Result<Valu
     serde_json::from_slice(&bytes).context("the answer is not JSON")
 }
 
-/// Granted, from pay-as-you-go, charging exactly `tokens`.
-fn check(resp: &Value, tokens: i64) -> Result<()> {
+/// The answer is what `expected` says; an open's session id.
+fn check(resp: &Value, expected: &Answer) -> Result<Option<String>> {
     if let Some(errors) = resp.get("errors") {
         bail!("GraphQL errors: {errors}");
     }
-    let open = &resp["data"]["openProduct"];
+    match expected {
+        Answer::Open { tokens } => check_open(&resp["data"]["openProduct"], *tokens).map(Some),
+        Answer::Heartbeat { session } => {
+            check_heartbeat(&resp["data"]["heartbeat"], session).map(|()| None)
+        }
+    }
+}
+
+/// Granted, from pay-as-you-go, charging exactly `tokens`, with a session.
+fn check_open(open: &Value, tokens: i64) -> Result<String> {
     if open["granted"] != true || open["source"] != "FLEX" {
         bail!("not granted from FLEX: {open}");
     }
@@ -225,6 +293,20 @@ fn check(resp: &Value, tokens: i64) -> Result<()> {
             "charged {} tokens, expected {tokens}",
             open["tokensCharged"]
         );
+    }
+    match open["session"]["id"].as_str() {
+        Some(id) => Ok(id.to_owned()),
+        None => bail!("a granted open without a session: {open}"),
+    }
+}
+
+/// Granted, charging nothing, the session still open.
+fn check_heartbeat(beat: &Value, session: &str) -> Result<()> {
+    if beat["granted"] != true || beat["tokensCharged"] != 0 {
+        bail!("not granted free of charge: {beat}");
+    }
+    if beat["session"]["id"] != session || beat["session"]["state"] != "OPEN" {
+        bail!("not the open session {session}: {beat}");
     }
     Ok(())
 }

@@ -12,6 +12,9 @@ pub const PG_SPREAD_TARGET: f64 = 0.5;
 pub const SQLITE_TARGET: f64 = 0.5;
 pub const REOPEN_TARGET: f64 = 2.0;
 pub const RSS_TARGET_MIB: f64 = 150.0;
+/// Heartbeats against the faster charging phase of the same run, and their p99.
+pub const HEARTBEAT_TARGET: f64 = 2.0;
+pub const HEARTBEAT_P99_TARGET_MS: f64 = 20.0;
 
 /// Everything one backend's run measured.
 pub struct BackendRun {
@@ -22,6 +25,8 @@ pub struct BackendRun {
     pub one_reopen: PhaseStats,
     pub spread_charge: PhaseStats,
     pub spread_reopen: PhaseStats,
+    /// One heartbeat of each of the sessions the four phases opened.
+    pub heartbeats: PhaseStats,
     pub ceiling_one: Ceiling,
     pub ceiling_spread: Ceiling,
     /// Informative, beside the ceilings: pgbench with the server's `pg_notify`, for
@@ -50,7 +55,50 @@ impl Row<'_> {
     }
 }
 
+/// The heartbeat phase against the run's faster charging phase.
+pub struct HeartbeatRow<'a> {
+    pub stats: &'a PhaseStats,
+    pub charging: &'a PhaseStats,
+}
+
+impl HeartbeatRow<'_> {
+    pub fn ratio(&self) -> f64 {
+        self.stats.per_sec() / self.charging.per_sec()
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        self.stats.percentile_ms(0.99)
+    }
+
+    pub fn met(&self) -> bool {
+        self.ratio() >= HEARTBEAT_TARGET && self.p99_ms() < HEARTBEAT_P99_TARGET_MS
+    }
+
+    /// "charging 1,903 opens/s (1,000 accounts, charging)".
+    pub fn against(&self) -> String {
+        format!(
+            "charging {} opens/s ({})",
+            thousands(self.charging.per_sec()),
+            self.charging.name
+        )
+    }
+}
+
 impl BackendRun {
+    /// Heartbeats against the faster of the two charging phases: the stricter
+    /// comparison.
+    pub fn heartbeat_row(&self) -> HeartbeatRow<'_> {
+        let charging = if self.one_charge.per_sec() >= self.spread_charge.per_sec() {
+            &self.one_charge
+        } else {
+            &self.spread_charge
+        };
+        HeartbeatRow {
+            stats: &self.heartbeats,
+            charging,
+        }
+    }
+
     pub fn rows(&self) -> Vec<Row<'_>> {
         let target = if self.backend == "PostgreSQL" {
             (PG_ONE_TARGET, PG_SPREAD_TARGET)
@@ -107,7 +155,7 @@ impl BackendRun {
                 "completed": s.latencies.len(),
                 "failures": s.failures,
                 "seconds": s.elapsed.as_secs_f64(),
-                "opens_per_sec": s.per_sec(),
+                format!("{}_per_sec", s.unit): s.per_sec(),
                 "p50_ms": s.percentile_ms(0.50),
                 "p99_ms": s.percentile_ms(0.99),
             })
@@ -134,6 +182,7 @@ impl BackendRun {
                 })
             })
             .collect();
+        let hb = self.heartbeat_row();
         json!({
             "backend": self.backend,
             "phases": {
@@ -141,6 +190,16 @@ impl BackendRun {
                 "one_reopen": phase(&self.one_reopen),
                 "spread_charging": phase(&self.spread_charge),
                 "spread_reopen": phase(&self.spread_reopen),
+                "heartbeats": phase(&self.heartbeats),
+            },
+            "heartbeats": {
+                "against": hb.charging.name,
+                "charging_opens_per_sec": hb.charging.per_sec(),
+                "ratio": hb.ratio(),
+                "target": HEARTBEAT_TARGET,
+                "p99_ms": hb.p99_ms(),
+                "p99_target_ms": HEARTBEAT_P99_TARGET_MS,
+                "met": hb.met(),
             },
             "ceilings": {
                 "one": ceiling(&self.ceiling_one),
@@ -162,9 +221,10 @@ impl BackendRun {
 /// `  name: 1234 opens/s, p50 1.23 ms, p99 4.56 ms (n requests in s)`.
 pub fn print_phase(s: &PhaseStats) {
     println!(
-        "  {}: {:.0} opens/s, p50 {:.2} ms, p99 {:.2} ms ({} requests in {:.1} s)",
+        "  {}: {:.0} {}/s, p50 {:.2} ms, p99 {:.2} ms ({} requests in {:.1} s)",
         s.name,
         s.per_sec(),
+        s.unit,
         s.percentile_ms(0.50),
         s.percentile_ms(0.99),
         s.latencies.len(),
@@ -200,6 +260,17 @@ pub fn print_summary(runs: &[BackendRun], date: &str, settings: &str) {
                 if r.met() { "met" } else { "not met" }
             );
         }
+        let hb = run.heartbeat_row();
+        println!(
+            "  {} heartbeats: {:.0} heartbeats/s / {} = {:.2}x, p99 {:.2} ms \
+             (target >= {HEARTBEAT_TARGET:.1}x, p99 < {HEARTBEAT_P99_TARGET_MS:.0} ms: {})",
+            run.backend,
+            hb.stats.per_sec(),
+            hb.against(),
+            hb.ratio(),
+            hb.p99_ms(),
+            if hb.met() { "met" } else { "not met" }
+        );
         if let Some((one, spread)) = &run.notify {
             for (phase, c) in [(&run.one_charge, one), (&run.spread_charge, spread)] {
                 println!(
@@ -247,6 +318,7 @@ pub fn print_summary(runs: &[BackendRun], date: &str, settings: &str) {
             );
         }
     }
+    print_heartbeat_table(runs);
     println!();
     println!("| backend | server peak RSS (VmHWM) | RSS at the end | target | met? |");
     println!("|---|---:|---:|---:|---|");
@@ -261,6 +333,25 @@ pub fn print_summary(runs: &[BackendRun], date: &str, settings: &str) {
             } else {
                 "no"
             }
+        );
+    }
+}
+
+fn print_heartbeat_table(runs: &[BackendRun]) {
+    println!();
+    println!("| backend | heartbeats/s | p50 ms | p99 ms | against | ratio | target | met? |");
+    println!("|---|---:|---:|---:|---|---:|---|---|");
+    for run in runs {
+        let hb = run.heartbeat_row();
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {} | {:.2}x | >= {HEARTBEAT_TARGET:.1}x, p99 < {HEARTBEAT_P99_TARGET_MS:.0} ms | {} |",
+            run.backend,
+            thousands(hb.stats.per_sec()),
+            hb.stats.percentile_ms(0.50),
+            hb.p99_ms(),
+            hb.against(),
+            hb.ratio(),
+            if hb.met() { "yes" } else { "no" }
         );
     }
 }
