@@ -69,6 +69,34 @@ pub fn window_covers(ends_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     now < ends_at
 }
 
+/// A user's window for a product (rule 10), as an open is decided on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+impl Window {
+    /// The window a charge at `now` opens.
+    pub fn opened_at(now: DateTime<Utc>) -> Window {
+        Window {
+            starts_at: now,
+            ends_at: now + WINDOW,
+        }
+    }
+
+    pub fn covers(&self, now: DateTime<Utc>) -> bool {
+        window_covers(self.ends_at, now)
+    }
+
+    /// When an open this window lets in free at `now` counts as granted (rule 21's
+    /// "inside the window"): never before the window itself, though the open that
+    /// charged for it may have read the clock after this one did.
+    pub fn grants_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now.max(self.starts_at)
+    }
+}
+
 /// A lot as the rules see it at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LotCounts {
@@ -410,6 +438,20 @@ mod tests {
         let end = start + WINDOW;
         assert!(window_covers(end, start + Duration::minutes(23 * 60 + 59)));
         assert!(!window_covers(end, start + Duration::hours(24)));
+    }
+
+    #[test]
+    fn an_open_a_window_lets_in_counts_from_the_window_on() {
+        let start = t("2026-01-01T09:00:00Z");
+        let window = Window::opened_at(start);
+        assert_eq!(window.ends_at, start + WINDOW);
+        assert!(window.covers(start + Duration::hours(23)));
+        assert!(!window.covers(start + WINDOW));
+        // An open that read the clock just before the charge that made the window.
+        let earlier = start - Duration::milliseconds(3);
+        assert_eq!(window.grants_at(earlier), start);
+        let later = start + Duration::minutes(2);
+        assert_eq!(window.grants_at(later), later);
     }
 
     fn lot(id: i32, remaining: i64, quantity: i64, expires: &str) -> SpendableLot {

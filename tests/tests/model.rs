@@ -1,8 +1,10 @@
 //! Invariants under random concurrent work: a seeded random workload of
 //! purchases (repeated idempotency keys included), opens by many users (several at
 //! once for the same product, more than the balance covers), restrictions,
-//! pay-as-you-go assignment, subscriptions and their seats, deactivations, sweeps and
-//! clock moves past windows and expiries, sent to the real binary in concurrent
+//! pay-as-you-go assignment, subscriptions and their seats, deactivations, sessions
+//! (heartbeats active and idle, renewals past the window, closes by the user or an
+//! admin, lapses, short-launch refunds), sweeps and clock moves (ten minutes, or
+//! hours past windows and expiries), sent to the real binary in concurrent
 //! batches on two accounts, against a reference model of PRODUCT.md written here
 //! independently of `domain`.
 //!
@@ -14,7 +16,8 @@
 //! spending and ledger totals equal the model's tallies.
 //!
 //! `DAYPASS_MODEL_SEED=<n>` replays a run's workload (the seed is printed; the
-//! interleaving inside a batch is the server's). `DAYPASS_MODEL_RUNS` (default 2) and
+//! interleaving inside a batch is the server's, and the sessions a heartbeat or close
+//! names depend on which opens were granted). `DAYPASS_MODEL_RUNS` (default 2) and
 //! `DAYPASS_MODEL_BATCHES` (default 150) size the run; docs/testing.md, "Safety nets".
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
@@ -40,7 +43,7 @@ const MAX_BATCH: usize = 7;
 const MAX_ADVANCE_HOURS: i64 = 3 * 8784;
 const PLANS: [&str; 4] = ["STANDARD", "PREMIUM", "ENTERPRISE", "EDUCATION"];
 
-const OPEN: &str = "mutation($c: String!, $v: String) { openProduct(input: {productCode: $c, version: $v}) { granted source tokensCharged windowEndsAt denyReason balance planLevel } }";
+const OPEN: &str = "mutation($c: String!, $v: String) { openProduct(input: {productCode: $c, version: $v}) { granted source tokensCharged windowEndsAt denyReason balance planLevel session { id startedAt } } }";
 const BUY: &str = "mutation($q: Int!, $k: String!) { purchaseTokens(input: {quantity: $q, idempotencyKey: $k}) { id quantity remaining used expired unitPriceMinor purchasedAt expiresAt status } }";
 const OPERATOR_BUY: &str = "mutation($q: Int!, $k: String!, $a: ID!, $at: DateTime!, $p: Int!) { purchaseTokens(input: {quantity: $q, idempotencyKey: $k, accountId: $a, purchasedAt: $at, unitPriceMinor: $p}) { id quantity remaining used expired unitPriceMinor purchasedAt expiresAt status } }";
 const SET_ALLOWED: &str =
@@ -50,7 +53,10 @@ const ADD_SUBSCRIPTION: &str = "mutation($p: ID!, $l: PlanLevel!, $s: Int!, $fro
 const ASSIGN_SEAT: &str = "mutation($s: ID!, $u: ID!, $a: Boolean!) { assignSubscription(subscriptionId: $s, userId: $u, assigned: $a) { id } }";
 const DEACTIVATE: &str = "mutation($u: ID!) { deactivateUser(userId: $u) { id active } }";
 const MAINTENANCE: &str = "mutation { runMaintenance }";
-const ADVANCE: &str = "mutation($h: Int!) { advanceClock(hours: $h) }";
+const ADVANCE: &str = "mutation($h: Int!, $m: Int!) { advanceClock(hours: $h, minutes: $m) }";
+
+mod sessions;
+use sessions::{CLOSE, ChargeM, HEARTBEAT, SessM, SessionRef, WINDOW};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -131,6 +137,20 @@ enum Op {
         user: usize,
     },
     Maintenance,
+    /// The launcher of `session` (its user's key); `active`: the product is in use.
+    Heartbeat {
+        session: String,
+        acct: usize,
+        user: usize,
+        active: bool,
+    },
+    /// Its user closes `session`, or (`by_admin`) the admin of its account.
+    Close {
+        session: String,
+        acct: usize,
+        user: usize,
+        by_admin: bool,
+    },
 }
 
 /// What the workload generator knows besides the random numbers: only what does not
@@ -144,6 +164,9 @@ struct Workload {
     subscriptions_known: usize,
     deactivated: Vec<BTreeSet<usize>>,
     advanced_hours: i64,
+    /// Ten-minute moves still to come in a row (a product kept running through its
+    /// window's end by heartbeats, so that it renews).
+    minute_moves: u32,
 }
 
 impl Workload {
@@ -156,15 +179,16 @@ impl Workload {
             subscriptions_known: 0,
             deactivated: vec![BTreeSet::new(); ACCOUNTS],
             advanced_hours: 0,
+            minute_moves: 0,
         }
     }
 
-    fn batch(&mut self, server_now: DateTime<Utc>) -> Vec<Op> {
+    fn batch(&mut self, server_now: DateTime<Utc>, sessions: &[SessionRef]) -> Vec<Op> {
         self.subscriptions_known = self.subscriptions.len();
         let n = self.rng.random_range(1..=MAX_BATCH);
         let mut ops = Vec::with_capacity(n);
         while ops.len() < n {
-            let op = self.op(server_now);
+            let op = self.op(server_now, sessions);
             match &op {
                 // Rule 12: the same user opening the same product several times at once.
                 Op::Open { .. } if self.rng.random_bool(0.15) => ops.push(op.clone()),
@@ -188,9 +212,14 @@ impl Workload {
         ops
     }
 
-    fn op(&mut self, server_now: DateTime<Utc>) -> Op {
+    fn op(&mut self, server_now: DateTime<Utc>, sessions: &[SessionRef]) -> Op {
         let acct = self.rng.random_range(0..ACCOUNTS);
-        let roll = self.rng.random_range(0..100);
+        let roll = self.rng.random_range(0..120);
+        if roll >= 100
+            && let Some(op) = sessions::session_op(&mut self.rng, sessions, roll)
+        {
+            return op;
+        }
         let rng = &mut self.rng;
         let open = |rng: &mut StdRng| Op::Open {
             acct,
@@ -327,10 +356,24 @@ impl Workload {
         }
     }
 
-    /// Hours to move the clock by before the next batch, if at all.
+    /// Minutes to move the clock by before the next batch, if at all: ten minutes
+    /// (past a short launch, towards a lapse) or whole hours. Every bound the model
+    /// compares with is a multiple of five minutes from an instant of an earlier
+    /// answer, so it stays at least five minutes from every later batch.
     fn clock_move(&mut self) -> Option<i64> {
-        if !self.rng.random_bool(0.2) {
+        if self.minute_moves > 0 {
+            if !self.rng.random_bool(0.5) {
+                return None;
+            }
+            self.minute_moves -= 1;
+            return Some(10);
+        }
+        if !self.rng.random_bool(0.25) {
             return None;
+        }
+        if self.rng.random_bool(0.3) {
+            self.minute_moves = self.rng.random_range(0..10);
+            return Some(10);
         }
         let choices: &[i64] = &[
             1,
@@ -354,7 +397,7 @@ impl Workload {
             hours
         };
         self.advanced_hours += hours;
-        Some(hours)
+        Some(hours * 60)
     }
 }
 
@@ -362,9 +405,10 @@ impl Workload {
 // The reference model
 
 /// The server instants a batch's requests may have been decided at. Clock moves are
-/// whole hours and bounds sit on the instants of earlier answers (or half an hour off
-/// whole hours), so every bound the model compares with is before or after the whole
-/// batch: a bound inside it is a flaw of the workload, reported as such.
+/// ten minutes or whole hours, and bounds sit five minutes or more off the instants of
+/// earlier answers (or half an hour off whole hours), so every bound the model
+/// compares with is before or after the whole batch: a bound inside it is a flaw of
+/// the workload, reported as such.
 #[derive(Debug, Clone, Copy)]
 struct Span {
     lo: DateTime<Utc>,
@@ -493,6 +537,8 @@ struct Model {
     product_ids: Vec<i32>,
     /// (min, max, unit price) of the price list.
     bands: Vec<(i64, Option<i64>, i64)>,
+    /// Sessions by id (rule 20).
+    sessions: BTreeMap<String, SessM>,
     /// How the opens came out, for the figures.
     outcomes: BTreeMap<&'static str, usize>,
 }
@@ -685,11 +731,28 @@ impl Model {
                 self.accounts[*acct].users[*user].active = false;
                 Ok(())
             }
-            Op::Maintenance => same(
-                "runMaintenance",
-                data(answer, "runMaintenance")?,
-                &json!(true),
-            ),
+            Op::Maintenance => {
+                same(
+                    "runMaintenance",
+                    data(answer, "runMaintenance")?,
+                    &json!(true),
+                )?;
+                self.end_lapsed(span);
+                Ok(())
+            }
+            Op::Heartbeat {
+                session, active, ..
+            } => self.heartbeat(session, *active, answer, span),
+            Op::Close {
+                session,
+                acct,
+                user,
+                by_admin,
+            } => {
+                let closer = if *by_admin { 0 } else { *user };
+                let active = self.accounts[*acct].users[closer].active;
+                self.close(session, active, answer, span)
+            }
         }
     }
 
@@ -747,6 +810,7 @@ impl Model {
             same("tokensCharged", int(&d["tokensCharged"]), 0)?;
             same("windowEndsAt", &d["windowEndsAt"], &Value::Null)?;
             same("balance", int(&d["balance"]), balance)?;
+            same("session", &d["session"], &Value::Null)?;
             m.accounts[acct].tally.entry(key).or_default().denials += 1;
             *m.outcomes.entry(reason).or_default() += 1;
             Ok(())
@@ -760,6 +824,7 @@ impl Model {
             same("tokensCharged", int(&d["tokensCharged"]), 0)?;
             same("windowEndsAt", &d["windowEndsAt"], &Value::Null)?;
             same("balance", int(&d["balance"]), balance)?;
+            self.start_session((acct, user, product), d, span, true, None)?;
             self.accounts[acct].tally.entry(key).or_default().opens += 1;
             *self.outcomes.entry("SUBSCRIPTION").or_default() += 1;
             return Ok(());
@@ -770,6 +835,13 @@ impl Model {
             same("tokensCharged", int(&d["tokensCharged"]), 0)?;
             same("windowEndsAt", Some(at(&d["windowEndsAt"])), Some(ends))?;
             same("balance", int(&d["balance"]), balance)?;
+            // Granted inside the window: never before it (rule 21 counts it).
+            if at(&d["session"]["startedAt"]) < ends - WINDOW {
+                return Err(format!(
+                    "a reopen's session started before its window {ends}"
+                ));
+            }
+            self.start_session((acct, user, product), d, span, false, None)?;
             self.accounts[acct].tally.entry(key).or_default().opens += 1;
             *self.outcomes.entry("REOPEN").or_default() += 1;
             return Ok(());
@@ -790,29 +862,24 @@ impl Model {
                 span.lo, span.hi
             ));
         }
-        // Rule 3: earliest expiry first, then the smaller lot, then the older.
-        let a = &mut self.accounts[acct];
-        let mut order: Vec<&LotM> = a
+        // For the figures: charges where the burn order's tie-breaks chose the lot.
+        let mut live: Vec<&LotM> = self.accounts[acct]
             .lots
             .values()
             .filter(|l| l.remaining > 0 && !span.reached(l.expires_at))
             .collect();
-        order.sort_by_key(|l| (l.expires_at, l.quantity, l.id));
-        // For the figures: charges where the tie-breaks chose the lot.
-        let tie = order.len() > 1 && order[0].expires_at == order[1].expires_at;
-        let order: Vec<i32> = order.into_iter().map(|l| l.id).collect();
-        let (mut left, mut cost) = (rate, 0);
-        for i in order {
-            let lot = a.lots.get_mut(&i).unwrap();
-            let take = left.min(lot.remaining);
-            lot.remaining -= take;
-            lot.used += take;
-            cost += take * lot.unit_price;
-            left -= take;
-            if left == 0 {
-                break;
-            }
-        }
+        live.sort_by_key(|l| (l.expires_at, l.quantity, l.id));
+        let tie = live.len() > 1 && live[0].expires_at == live[1].expires_at;
+        let (cost, draws) = self.draw(acct, rate, span);
+        let charge = ChargeM {
+            window_starts_at: starts,
+            tokens: rate,
+            cost,
+            draws,
+            refunded: false,
+        };
+        self.start_session((acct, user, product), d, span, false, Some(charge))?;
+        let a = &mut self.accounts[acct];
         a.users[user].windows.insert(product, ends);
         let t = a.tally.entry(key).or_default();
         t.opens += 1;
@@ -1077,6 +1144,30 @@ impl Run {
                 json!({"u": user_id(*a, *user)}),
             ),
             Op::Maintenance => (OPERATOR_KEY.to_owned(), MAINTENANCE, json!({})),
+            Op::Heartbeat {
+                session,
+                acct: a,
+                user,
+                active,
+            } => (
+                acct(*a).users[*user].key.clone(),
+                HEARTBEAT,
+                json!({"s": session, "a": active}),
+            ),
+            Op::Close {
+                session,
+                acct: a,
+                user,
+                by_admin,
+            } => (
+                if *by_admin {
+                    acct(*a).admin_key.clone()
+                } else {
+                    acct(*a).users[*user].key.clone()
+                },
+                CLOSE,
+                json!({"s": session}),
+            ),
         }
     }
 
@@ -1120,18 +1211,51 @@ impl Run {
         }
     }
 
-    async fn advance(&mut self, hours: i64) {
+    async fn advance(&mut self, minutes: i64) {
         let d = self
-            .send(OPERATOR_KEY, ADVANCE, json!({"h": hours}))
+            .send(
+                OPERATOR_KEY,
+                ADVANCE,
+                json!({"h": minutes / 60, "m": minutes % 60}),
+            )
             .await
             .expect("advanceClock");
-        self.offset += Duration::hours(hours);
+        self.offset += Duration::minutes(minutes);
         let now = at(&d["advanceClock"]);
         let expected = self.server_now();
         assert!(
             (now - expected).num_seconds().abs() < 5,
             "the test clock moved to {now}, the model expected about {expected}"
         );
+    }
+
+    /// Every session of the admin's account: id → state, page by page.
+    async fn sessions_shown(&self, admin_key: &str) -> BTreeMap<String, String> {
+        let mut shown = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .send(
+                    admin_key,
+                    "query($after: String) { account { sessions(first: 500, after: $after) { edges { node { id state } } pageInfo { hasNextPage endCursor } } } }",
+                    json!({"after": after}),
+                )
+                .await
+                .expect("sessions");
+            let sessions = &page["account"]["sessions"];
+            for e in sessions["edges"].as_array().unwrap() {
+                shown.insert(
+                    id(&e["node"]["id"]),
+                    e["node"]["state"].as_str().unwrap().to_owned(),
+                );
+            }
+            if sessions["pageInfo"]["hasNextPage"] != json!(true) {
+                return shown;
+            }
+            after = sessions["pageInfo"]["endCursor"]
+                .as_str()
+                .map(str::to_owned);
+        }
     }
 
     /// The stored ledger, and what the API shows of lots, balances and reports,
@@ -1222,14 +1346,15 @@ impl Run {
             );
             let charged_in_ledger = count(
                 &self.db,
-                &format!("SELECT CAST(COALESCE(-SUM(tokens), 0) AS BIGINT) FROM ledger_entries WHERE account_id = {} AND kind = 'CHARGE'", a.id),
+                &format!("SELECT CAST(COALESCE(-SUM(tokens), 0) AS BIGINT) FROM ledger_entries WHERE account_id = {} AND kind IN ('CHARGE', 'REFUND')", a.id),
             )
             .await;
             assert_eq!(
                 total.tokens, charged_in_ledger,
-                "{ctx}: report tokens = ledger charges"
+                "{ctx}: report tokens = ledger charges net of refunds"
             );
             let spending = &report["spending"];
+            let sessions = self.sessions_shown(&a.admin_key).await;
             observed.push(Shown {
                 balance: int(&shown["account"]["balance"]),
                 lots,
@@ -1240,14 +1365,18 @@ impl Run {
                     int(&spending["purchasedTokens"]),
                     int(&spending["purchasedMinor"]),
                 ),
+                sessions,
             });
         }
         let span = Span {
             lo,
             hi: self.server_now(),
         };
-        let expected =
-            |m: &Model| -> Vec<Shown> { m.accounts.iter().map(|a| Shown::of(a, &span)).collect() };
+        let expected = |m: &Model| -> Vec<Shown> {
+            (0..m.accounts.len())
+                .map(|a| Shown::of(m, a, &span))
+                .collect()
+        };
         if !self.models.iter().any(|m| expected(m) == observed) {
             // Show the difference from the first candidate, account by account.
             for (i, (want, got)) in expected(model).iter().zip(&observed).enumerate() {
@@ -1263,6 +1392,7 @@ impl Run {
                     got.spending, want.spending,
                     "{ctx}: spending (tokens, cost, purchased tokens, purchased money)"
                 );
+                assert_eq!(got.sessions, want.sessions, "{ctx}: sessions' states");
             }
         }
     }
@@ -1277,10 +1407,13 @@ struct Shown {
     usage: BTreeMap<(usize, Option<usize>), Tally>,
     /// (tokens, cost, purchased tokens, purchased money).
     spending: (i64, i64, i64, i64),
+    /// Session id → its state as shown (rule 20).
+    sessions: BTreeMap<String, String>,
 }
 
 impl Shown {
-    fn of(a: &AcctM, span: &Span) -> Shown {
+    fn of(m: &Model, acct: usize, span: &Span) -> Shown {
+        let a = &m.accounts[acct];
         let usage = a
             .tally
             .iter()
@@ -1308,6 +1441,12 @@ impl Shown {
                 a.lots.values().map(|l| l.quantity).sum(),
                 a.lots.values().map(|l| l.quantity * l.unit_price).sum(),
             ),
+            sessions: m
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.acct == acct)
+                .map(|(id, s)| (id.clone(), s.shown_state(span).name().to_owned()))
+                .collect(),
         }
     }
 }
@@ -1351,9 +1490,12 @@ struct Figures {
 }
 
 async fn setup(seed: u64) -> Run {
+    // No workers in the server: the lapse sweep (a refund moves balances) runs only
+    // when the workload's runMaintenance asks for it.
     let server = TestServer::start_with(&[
         ("DAYPASS_TEST_CLOCK", "1"),
         ("DAYPASS_MUTATION_RATE", "1000000"),
+        ("DAYPASS_WORKERS", "external"),
     ])
     .await;
     let op = Some(OPERATOR_KEY);
@@ -1470,6 +1612,7 @@ async fn setup(seed: u64) -> Run {
             subs: Vec::new(),
             product_ids,
             bands,
+            sessions: BTreeMap::new(),
             outcomes: BTreeMap::new(),
         }],
     }
@@ -1482,11 +1625,12 @@ async fn run(seed: u64, batches: usize) -> Figures {
     let first_day = run.server_now().date_naive() - Duration::days(41);
     let mut figures = Figures::default();
     for number in 0..batches {
-        if let Some(hours) = workload.clock_move() {
-            run.advance(hours).await;
+        if let Some(minutes) = workload.clock_move() {
+            run.advance(minutes).await;
             figures.clock_moves += 1;
         }
-        let ops = workload.batch(run.server_now());
+        let known = sessions::known_sessions(&run.models[0], run.server_now());
+        let ops = workload.batch(run.server_now(), &known);
         figures.batches += 1;
         figures.requests += ops.len();
         run.batch(number, ops, seed).await;
@@ -1494,10 +1638,19 @@ async fn run(seed: u64, batches: usize) -> Figures {
             run.check(seed, first_day).await;
         }
     }
-    // The sweep stores what the model already shows; then everything again.
+    // The sweep stores what the model already shows (and ends lapsed sessions,
+    // refunding short ones); then everything again.
+    let lo = run.server_now();
     run.send(OPERATOR_KEY, MAINTENANCE, json!({}))
         .await
         .expect("runMaintenance");
+    let span = Span {
+        lo,
+        hi: run.server_now(),
+    };
+    for m in &mut run.models {
+        m.end_lapsed(&span);
+    }
     run.check(seed, first_day).await;
     let span = Span {
         lo: run.server_now(),

@@ -648,6 +648,46 @@ async fn two_processes_racing_over_sessions_refund_once() {
     race_and_check(&[&a, &b], &admin, &members, &sessions, 16).await;
 }
 
+/// Each member closes a short launch while opening the product again: either the
+/// open came first (free, inside the window, and the charge stands) or the close did
+/// (refunded, and the open charges anew); never a free open and a refund.
+async fn reopen_while_closing(servers: &[&TestServer], name: &str) {
+    let (admin, members, sessions) = heard_sessions(servers[0], name, 8).await;
+    let code = format!("{}-CAD", name.to_uppercase());
+    let racing = members
+        .iter()
+        .zip(&sessions)
+        .enumerate()
+        .map(|(i, (key, sid))| {
+            let (closer, opener) = (servers[i % servers.len()], servers[(i + 1) % servers.len()]);
+            let code = code.clone();
+            async move {
+                let (closed, opened) =
+                    futures::join!(close(closer, key, sid), open(opener, key, &code));
+                let refunded = closed["charges"][0]["refunded"] == json!(true);
+                (refunded, int(&opened["tokensCharged"]))
+            }
+        });
+    let outcomes = futures::future::join_all(racing).await;
+    for (refunded, charged) in &outcomes {
+        assert_eq!(
+            *charged,
+            if *refunded { 10 } else { 0 },
+            "a refund and a free open of the same window: {outcomes:?}"
+        );
+    }
+    assert_eq!(balance(servers[0], &admin).await, 1000 - 10 * 8);
+    check_books(servers[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_racing_a_refunding_close_is_free_only_if_the_charge_stands() {
+    let a = TestServer::start().await;
+    reopen_while_closing(&[&a], "Reopenrace").await;
+    let b = TestServer::start_on(&a.database_url, &[("DAYPASS_TEST_CLOCK", "1")]).await;
+    reopen_while_closing(&[&a, &b], "Reopentwo").await;
+}
+
 /// A refund after its day was rolled up corrects that day; one while the day waits
 /// to be rolled leaves a correction the rollup applies. Reports stay exact.
 #[tokio::test]

@@ -60,11 +60,11 @@ pub async fn check_access(
                 None,
                 None,
             ),
-            (Decision::InsideWindow(ends_at), _) => answer(
+            (Decision::InsideWindow(window), _) => answer(
                 true,
                 Some(AccessSource::Flex),
                 Tokens::ZERO,
-                Some(ends_at),
+                Some(window.ends_at),
                 None,
             ),
             (Decision::Charge, None) => {

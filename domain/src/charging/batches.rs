@@ -6,9 +6,11 @@ use super::situation::{Asked, Found, run_situations};
 use super::writes::charge_together;
 use super::{OpenOutcome, OpenRecord, Outcome};
 use crate::error::{DomainError, Result};
-use crate::store::{BatchFuture, Db, GroupCommit};
-use daypass_entity::{open, session};
-use sea_orm::EntityTrait;
+use crate::rules::Window;
+use crate::store::{BatchFuture, Db, GroupCommit, WriteTx};
+use daypass_entity::{account, open, session, window};
+use sea_orm::sea_query::LockType;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -36,8 +38,10 @@ pub struct Batches {
     pub(super) charges: Arc<GroupCommit<ChargeRequest, OpenOutcome>>,
     /// What opens are decided on, read for all that ask at once.
     pub(super) situations: Arc<GroupCommit<Asked, Found>>,
-    /// Records of opens that move no tokens (reopens, subscriptions, denials).
-    pub(super) records: Arc<GroupCommit<(OpenRecord, Outcome), ()>>,
+    /// Records of opens that move no tokens (reopens, subscriptions, denials); false
+    /// for a reopen whose window was closed since it was read (see
+    /// [`standing_windows`]).
+    pub(super) records: Arc<GroupCommit<(OpenRecord, Outcome), bool>>,
 }
 
 /// The most opens one transaction takes.
@@ -64,37 +68,91 @@ impl std::fmt::Debug for Batches {
     }
 }
 
-fn run_records(db: Db, _key: i32, mut items: Vec<(OpenRecord, Outcome)>) -> BatchFuture<()> {
+fn run_records(db: Db, _key: i32, items: Vec<(OpenRecord, Outcome)>) -> BatchFuture<bool> {
     Box::pin(async move {
-        let n = items.len();
         // Each row's foreign key takes a share lock on its account (PostgreSQL), row
         // after row: in account id order, the order charging batches lock accounts
         // in, so the two never wait for each other in a circle.
-        items.sort_by_key(|(record, _)| record.account_id);
-        let sessions: Vec<session::ActiveModel> = items
-            .iter()
-            .filter_map(|(r, o)| r.session(*o))
-            .map(session::ActiveModel::from)
-            .collect();
-        let opens = items.iter().map(|(r, o)| r.model(*o));
-        if sessions.is_empty() {
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].0.account_id);
+        let has_session = |i: &usize| items[*i].0.session(items[*i].1).is_some();
+        if !order.iter().any(has_session) {
             // One statement commits alone: no BEGIN and COMMIT round trips.
             let _turn = db.write_turn().await;
-            open::Entity::insert_many(opens)
+            open::Entity::insert_many(order.iter().map(|&i| items[i].0.model(items[i].1)))
                 .exec_without_returning(db.records_conn())
                 .await?;
-        } else {
-            let tx = db.begin_records_write().await?;
-            open::Entity::insert_many(opens)
-                .exec_without_returning(&*tx)
-                .await?;
-            session::Entity::insert_many(sessions)
-                .exec_without_returning(&*tx)
-                .await?;
-            tx.commit().await?;
+            return Ok(items.iter().map(|_| Ok(true)).collect());
         }
-        Ok((0..n).map(|_| Ok(())).collect())
+        let tx = db.begin_records_write().await?;
+        let standing = standing_windows(&db, &tx, &items).await?;
+        let kept: Vec<usize> = order.into_iter().filter(|&i| standing[i]).collect();
+        let sessions: Vec<session::ActiveModel> = kept
+            .iter()
+            .filter_map(|&i| items[i].0.session(items[i].1))
+            .map(session::ActiveModel::from)
+            .collect();
+        open::Entity::insert_many(kept.iter().map(|&i| items[i].0.model(items[i].1)))
+            .exec_without_returning(&*tx)
+            .await?;
+        session::Entity::insert_many(sessions)
+            .exec_without_returning(&*tx)
+            .await?;
+        tx.commit().await?;
+        Ok(standing.into_iter().map(Ok).collect())
     })
+}
+
+/// For each item, false when it is a reopen whose window is no longer the one it was
+/// decided on: a short launch's refund has closed it since (rule 21), and the open
+/// must be decided again. The windows are read under share locks (PostgreSQL) that a
+/// refund's exclusive lock waits for, so a refund either sees the reopen's session
+/// or closes the window before the reopen is recorded. Accounts are locked first,
+/// as refunds and charging batches lock them, so none of them wait in a circle.
+async fn standing_windows(
+    db: &Db,
+    tx: &WriteTx,
+    items: &[(OpenRecord, Outcome)],
+) -> Result<Vec<bool>> {
+    let reopened = |(record, outcome): &(OpenRecord, Outcome)| match outcome {
+        Outcome::Reopen(window) => record.product_id.map(|p| (record.user_id, p, *window)),
+        _ => None,
+    };
+    if !items.iter().any(|item| reopened(item).is_some()) {
+        return Ok(vec![true; items.len()]);
+    }
+    if db.is_postgres() {
+        let mut accounts: Vec<i32> = items.iter().map(|(r, _)| r.account_id).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        account::Entity::find()
+            .filter(account::Column::Id.is_in(accounts))
+            .order_by_asc(account::Column::Id)
+            .lock(LockType::KeyShare)
+            .all(&**tx)
+            .await?;
+    }
+    let asked: Vec<(i32, i32, Window)> = items.iter().filter_map(reopened).collect();
+    let mut query = window::Entity::find()
+        .filter(window::Column::UserId.is_in(asked.iter().map(|a| a.0)))
+        .filter(window::Column::ProductId.is_in(asked.iter().map(|a| a.1)))
+        .order_by_asc(window::Column::UserId)
+        .order_by_asc(window::Column::ProductId);
+    if db.is_postgres() {
+        query = query.lock_shared();
+    }
+    let found = query.all(&**tx).await?;
+    Ok(items
+        .iter()
+        .map(|item| {
+            reopened(item).is_none_or(|(user_id, product_id, window)| {
+                found.iter().any(|w| {
+                    (w.user_id, w.product_id, w.starts_at)
+                        == (user_id, product_id, window.starts_at)
+                })
+            })
+        })
+        .collect())
 }
 
 /// Rule 22: a heartbeat's charge past the window, through the same batches and

@@ -88,39 +88,59 @@ pub async fn open_product(
         session_id: uuid::Uuid::new_v4().to_string(),
         device_id,
     };
-    let outcome = match (decision, product) {
+    let outcome = match (decision, &product) {
         (Decision::Charge, Some(product)) => {
-            let request = ChargeRequest {
-                record,
-                product,
-                renewal: false,
-            };
-            let mut answer = batches(db)
-                .charges
-                .submit(db, charge_queue(db, user.account_id), request)
-                .await?;
-            db.deliveries().committed(&answer.notifications).await;
-            if req.offline {
-                answer.offline_lease = lease_for(db, &answer, &user, &req.product_code).await?;
-            }
-            return Ok(answer);
+            return charge(db, &user, product.clone(), record, req.offline).await;
         }
         (Decision::Charge, None) => {
             return Err(DomainError::Internal("a charge needs a product".into()));
         }
         (Decision::Denied(reason), _) => Outcome::Denied(reason),
         (Decision::Subscription, _) => Outcome::Subscription,
-        (Decision::InsideWindow(ends_at), _) => Outcome::Reopen(ends_at),
+        (Decision::InsideWindow(window), _) => Outcome::Reopen(window),
     };
     // No lock of its own: the record (and the session of a granted open) joins the
     // next batch insert.
     let session = record.session(outcome);
-    batches(db).records.submit(db, 0, (record, outcome)).await?;
+    let recorded = batches(db)
+        .records
+        .submit(db, 0, (record.clone(), outcome))
+        .await?;
+    if let (false, Some(product)) = (recorded, product) {
+        // A refund closed the window since it was read: decided again under the
+        // account's lock, as a charging open.
+        return charge(db, &user, product, record, req.offline).await;
+    }
     let mut answer = OpenOutcome::of(outcome, situation.balance, situation.plan_level);
     answer.session = session;
     answer.seat_ends_at = situation.seat_ends_at;
     if req.offline {
         answer.offline_lease = lease_for(db, &answer, &user, &req.product_code).await?;
+    }
+    Ok(answer)
+}
+
+/// A charging open: decided again and charged in its account's next batch.
+async fn charge(
+    db: &Db,
+    user: &daypass_entity::user::Model,
+    product: daypass_entity::product::Model,
+    record: OpenRecord,
+    offline: bool,
+) -> Result<OpenOutcome> {
+    let code = record.code.clone();
+    let request = ChargeRequest {
+        record,
+        product,
+        renewal: false,
+    };
+    let mut answer = batches(db)
+        .charges
+        .submit(db, charge_queue(db, user.account_id), request)
+        .await?;
+    db.deliveries().committed(&answer.notifications).await;
+    if offline {
+        answer.offline_lease = lease_for(db, &answer, user, &code).await?;
     }
     Ok(answer)
 }
@@ -197,7 +217,7 @@ impl OpenOutcome {
                 tokens,
                 window_ends_at,
             } => (tokens, Some(window_ends_at), Some(charge_id)),
-            Outcome::Reopen(ends_at) => (Tokens::ZERO, Some(ends_at), None),
+            Outcome::Reopen(window) => (Tokens::ZERO, Some(window.ends_at), None),
             Outcome::Denied(_) | Outcome::Subscription => (Tokens::ZERO, None, None),
         };
         OpenOutcome {
@@ -223,8 +243,8 @@ impl OpenOutcome {
 enum Outcome {
     Denied(DenyReason),
     Subscription,
-    /// Inside the window ending then: granted, free.
-    Reopen(DateTime<Utc>),
+    /// Inside this window: granted, free.
+    Reopen(crate::rules::Window),
     Charged {
         charge_id: ChargeId,
         tokens: Tokens,
@@ -243,6 +263,7 @@ impl Outcome {
 }
 
 /// Every open, granted or denied, is kept for reports (rule 11).
+#[derive(Clone)]
 struct OpenRecord {
     account_id: i32,
     user_id: i32,
@@ -273,7 +294,10 @@ impl OpenRecord {
             source: source.as_str().to_owned(),
             state: crate::vocabulary::SessionState::Open.as_str().to_owned(),
             active: true,
-            started_at: self.now,
+            started_at: match outcome {
+                Outcome::Reopen(window) => window.grants_at(self.now),
+                _ => self.now,
+            },
             last_heartbeat_at: None,
             ended_at: None,
             deny_reason: None,

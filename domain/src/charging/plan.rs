@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 pub(super) enum Decision {
     Denied(DenyReason),
     Subscription,
-    InsideWindow(DateTime<Utc>),
+    InsideWindow(rules::Window),
     Charge,
 }
 
@@ -52,11 +52,8 @@ pub(super) fn decide(
     if !allowed {
         return Decision::Denied(DenyReason::ProductRestricted);
     }
-    if let Some(ends_at) = situation
-        .window_ends_at
-        .filter(|&ends_at| rules::window_covers(ends_at, now))
-    {
-        return Decision::InsideWindow(ends_at);
+    if let Some(window) = situation.window.filter(|w| w.covers(now)) {
+        return Decision::InsideWindow(window);
     }
     Decision::Charge
 }
@@ -78,7 +75,7 @@ pub(super) enum Planned {
     /// live lots cannot cover the daily rate.
     Denied(DenyReason),
     Subscription,
-    Reopen(DateTime<Utc>),
+    Reopen(rules::Window),
     Charge {
         tokens: Tokens,
         draws: Vec<rules::Draw>,
@@ -120,7 +117,7 @@ pub(super) struct Held {
     pub(super) lots: BTreeMap<i32, AccountLots>,
     /// The users' windows by (user, product) as the database has them; [`plan`]
     /// moves them as the batch charges.
-    pub(super) windows: HashMap<(i32, i32), DateTime<Utc>>,
+    pub(super) windows: HashMap<(i32, i32), rules::Window>,
     /// Each open of the batch, in order.
     pub(super) decided: Vec<Decided>,
 }
@@ -153,25 +150,21 @@ pub(super) fn plan(items: &[&ChargeRequest], held: &mut Held) -> Result<Vec<Plan
             .get_mut(&record.account_id)
             .ok_or_else(|| DomainError::Internal("an account without its lots".into()))?;
         let balance_before = lots.live_tokens(now);
-        let covering = held
-            .windows
-            .get(&key)
-            .copied()
-            .filter(|&ends_at| rules::window_covers(ends_at, now));
+        let covering = held.windows.get(&key).copied().filter(|w| w.covers(now));
         let plan = match (&decided.decision, covering) {
             (Decision::Denied(reason), _) => Planned::Denied(*reason),
             (Decision::Subscription, _) => Planned::Subscription,
-            (Decision::InsideWindow(ends_at), _) => Planned::Reopen(*ends_at),
-            (Decision::Charge, Some(ends_at)) => Planned::Reopen(ends_at),
+            (Decision::InsideWindow(window), _) => Planned::Reopen(*window),
+            (Decision::Charge, Some(window)) => Planned::Reopen(window),
             (Decision::Charge, None) => match lots.draw(decided.rate, now)? {
                 None => Planned::Denied(DenyReason::InsufficientTokens),
                 Some(draws) => {
-                    let window_ends_at = now + rules::WINDOW;
-                    held.windows.insert(key, window_ends_at);
+                    let window = rules::Window::opened_at(now);
+                    held.windows.insert(key, window);
                     Planned::Charge {
                         tokens: decided.rate,
                         draws,
-                        window_ends_at,
+                        window_ends_at: window.ends_at,
                         balance_before,
                         threshold: lots.threshold(account, now),
                     }
@@ -359,7 +352,10 @@ mod tests {
         assert_eq!((*tokens, *balance_before), (Tokens(10), Tokens(100)));
         assert_eq!(*window_ends_at, at(24));
         assert_eq!(planned[0].balance_after, 90);
-        assert_eq!(planned[1].plan, Planned::Reopen(at(24)));
+        assert_eq!(
+            planned[1].plan,
+            Planned::Reopen(rules::Window::opened_at(at(0)))
+        );
         assert_eq!(planned[1].balance_after, 90);
         assert_eq!(
             held.drawn(),
@@ -425,7 +421,10 @@ mod tests {
             vec![
                 Decision::Denied(DenyReason::ProductRestricted),
                 Decision::Subscription,
-                Decision::InsideWindow(at(5)),
+                Decision::InsideWindow(rules::Window {
+                    starts_at: at(-19),
+                    ends_at: at(5),
+                }),
             ],
         );
         let planned = plan(&[&denied, &seat, &window], &mut held).unwrap();
@@ -435,7 +434,10 @@ mod tests {
             vec![
                 Planned::Denied(DenyReason::ProductRestricted),
                 Planned::Subscription,
-                Planned::Reopen(at(5)),
+                Planned::Reopen(rules::Window {
+                    starts_at: at(-19),
+                    ends_at: at(5),
+                }),
             ]
         );
         assert!(planned.iter().all(|p| p.balance_after == 100));

@@ -22,8 +22,8 @@ pub(super) struct Situation {
     /// whole or not at all).
     pub(super) account_list_has_product: bool,
     pub(super) user_list_has_product: bool,
-    /// The end of the user's last window for the product, covering `now` or not.
-    pub(super) window_ends_at: Option<DateTime<Utc>>,
+    /// The user's last window for the product, covering `now` or not.
+    pub(super) window: Option<rules::Window>,
     /// Rule 9: the user holds a seat of a subscription to the product active at `now`.
     pub(super) has_seat: bool,
     /// When the latest of those subscriptions ends (rule 23's lease).
@@ -95,14 +95,14 @@ fn build_situations_sql(backend: DatabaseBackend, n: usize) -> String {
           AND a.user_id IS NULL AND a.product_id = p.id) AS account_lists, \
          EXISTS (SELECT 1 FROM allowed_products a WHERE a.account_id = u.account_id \
           AND a.user_id = u.id AND a.product_id = p.id) AS user_lists, \
-         (SELECT ends_at FROM windows w WHERE w.user_id = u.id AND w.product_id = p.id) \
-          AS window_ends_at, \
+         w.starts_at AS window_starts_at, w.ends_at AS window_ends_at, \
          {} AS seat_ends_at, {} AS balance, \
          (SELECT CAST(COALESCE(SUM(DISTINCT CASE held.plan_level{flags} ELSE 0 END), 0) \
           AS BIGINT) FROM subscriptions held \
           WHERE held.account_id = u.account_id AND {plan_active}) AS plans \
          FROM asked JOIN users u ON u.id = asked.user_id \
-         LEFT JOIN products p ON p.code = asked.code AND p.active = ?",
+         LEFT JOIN products p ON p.code = asked.code AND p.active = ? \
+         LEFT JOIN windows w ON w.user_id = u.id AND w.product_id = p.id",
         vec!["(?, ?, ?, ?)"; n].join(", "),
         columns(
             "u",
@@ -208,7 +208,13 @@ pub(super) async fn situations(conn: &impl ConnectionTrait, asked: &[Asked]) -> 
                 .unwrap_or(false),
             account_list_has_product: row.try_get("", "account_lists")?,
             user_list_has_product: row.try_get("", "user_lists")?,
-            window_ends_at: row.try_get("", "window_ends_at")?,
+            window: match (
+                row.try_get::<Option<DateTime<Utc>>>("", "window_starts_at")?,
+                row.try_get::<Option<DateTime<Utc>>>("", "window_ends_at")?,
+            ) {
+                (Some(starts_at), Some(ends_at)) => Some(rules::Window { starts_at, ends_at }),
+                _ => None,
+            },
             has_seat: seat_ends_at.is_some(),
             seat_ends_at,
             balance: Tokens(row.try_get("", "balance")?),

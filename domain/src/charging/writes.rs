@@ -105,8 +105,8 @@ async fn read_under_locks(
         } else {
             decide(&user, product.as_ref(), &situation, item.record.now)
         };
-        if let (Some(product), Some(ends_at)) = (&product, situation.window_ends_at) {
-            windows.entry((user.id, product.id)).or_insert(ends_at);
+        if let (Some(product), Some(window)) = (&product, situation.window) {
+            windows.entry((user.id, product.id)).or_insert(window);
         }
         decided.push(Decided {
             decision,
@@ -259,7 +259,7 @@ async fn record_outcomes(
             }
             Planned::Denied(reason) => Outcome::Denied(reason),
             Planned::Subscription => Outcome::Subscription,
-            Planned::Reopen(ends_at) => Outcome::Reopen(ends_at),
+            Planned::Reopen(window) => Outcome::Reopen(window),
             Planned::Charge {
                 tokens,
                 window_ends_at,
@@ -287,11 +287,14 @@ async fn record_outcomes(
                 }
             }
         };
+        let outcome = if item.renewal {
+            renewed(tx, item, outcome).await?
+        } else {
+            outcome
+        };
         let mut answer = OpenOutcome::of(outcome, p.balance_after, p.plan_level);
         answer.notifications = notes;
-        if item.renewal {
-            renewed(tx, item, outcome).await?;
-        } else {
+        if !item.renewal {
             answer.session = item.record.session(outcome);
             sessions.extend(answer.session.clone().map(session::ActiveModel::from));
             records.push(item.record.model(outcome));
@@ -308,17 +311,21 @@ async fn record_outcomes(
 }
 
 /// A renewal's session afterwards (rule 22): heard from and in use when the renewal
-/// was granted, ended with the reason when it was denied.
-async fn renewed(tx: &WriteTx, item: &ChargeRequest, outcome: Outcome) -> Result<()> {
+/// was granted, ended with the reason when it was denied. A renewal of a session an
+/// earlier renewal of the same batch ended answers that it has ended.
+async fn renewed(tx: &WriteTx, item: &ChargeRequest, outcome: Outcome) -> Result<Outcome> {
     let id = item.record.session_id.as_str();
     match outcome {
-        Outcome::Denied(DenyReason::SessionEnded) => Ok(()),
-        Outcome::Denied(reason) => {
-            crate::sessions::mark_denied(&**tx, id, reason, item.record.now).await?;
-            Ok(())
-        }
+        Outcome::Denied(DenyReason::SessionEnded) => Ok(outcome),
+        Outcome::Denied(reason) => Ok(
+            match crate::sessions::mark_denied(&**tx, id, reason, item.record.now).await? {
+                true => outcome,
+                false => Outcome::Denied(DenyReason::SessionEnded),
+            },
+        ),
         Outcome::Subscription | Outcome::Reopen(_) | Outcome::Charged { .. } => {
-            crate::sessions::touch_one(&**tx, id, item.record.now, true).await
+            crate::sessions::touch_one(&**tx, id, item.record.now, true).await?;
+            Ok(outcome)
         }
     }
 }

@@ -73,7 +73,7 @@ pub async fn close_session(
             (SessionState::Closed, now)
         };
     let ended = mark_ended(&*tx, id, state, ended_at, None).await?;
-    let refunded = ended && refund_if_short(&tx, &current, ended_at, now).await?;
+    let refunded = ended && refund_if_short(db, &tx, &current, ended_at, now).await?;
     tx.commit().await?;
     let after = session::Entity::find_by_id(id.to_owned())
         .one(db.conn())
@@ -133,7 +133,7 @@ pub async fn end_lapsed(db: &Db, now: DateTime<Utc>) -> Result<LapseReport> {
                 };
                 if mark_ended(&*tx, &current.id, SessionState::Lapsed, ended_at, None).await? {
                     report.lapsed += 1;
-                    if refund_if_short(&tx, &current, ended_at, now).await? {
+                    if refund_if_short(db, &tx, &current, ended_at, now).await? {
                         report.refunded += 1;
                     }
                 }
@@ -163,6 +163,7 @@ pub async fn end_lapsed(db: &Db, now: DateTime<Utc>) -> Result<LapseReport> {
 /// lot expired meanwhile), the window closes now, and a day already rolled up is
 /// corrected.
 async fn refund_if_short(
+    db: &Db,
     tx: &WriteTx,
     session: &session::Model,
     ended_at: DateTime<Utc>,
@@ -176,6 +177,17 @@ async fn refund_if_short(
     };
     if charge.refunded_at.is_some() || !rules::short_launch(charge.window_starts_at, ended_at) {
         return Ok(false);
+    }
+    // A reopen read the window without the account's lock; it records its session
+    // under a share lock of the window (PostgreSQL), so once this lock is held every
+    // such session is visible, and a later one finds the window closed.
+    if db.is_postgres() {
+        window::Entity::find()
+            .filter(window::Column::UserId.eq(charge.user_id))
+            .filter(window::Column::ProductId.eq(charge.product_id))
+            .lock_exclusive()
+            .all(&**tx)
+            .await?;
     }
     let other_opens = session::Entity::find()
         .filter(session::Column::UserId.eq(session.user_id))
@@ -204,12 +216,11 @@ async fn refund_if_short(
         return Ok(false);
     }
     give_back(tx, &charge, now).await?;
-    window::Entity::update_many()
-        .col_expr(window::Column::EndsAt, Expr::value(now))
+    // The window closes: no open is inside it any more, whatever its clock says.
+    window::Entity::delete_many()
         .filter(window::Column::UserId.eq(charge.user_id))
         .filter(window::Column::ProductId.eq(charge.product_id))
         .filter(window::Column::ChargeId.eq(charge.id))
-        .filter(window::Column::EndsAt.gt(now))
         .exec(&**tx)
         .await?;
     announce_balance_change(&**tx, charge.account_id).await?;

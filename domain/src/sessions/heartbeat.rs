@@ -120,9 +120,12 @@ pub async fn heartbeat(
     match decide(&seen, req.active, now)? {
         Beat::Ended => return Ok(ended(outcome, DenyReason::SessionEnded)),
         Beat::End(reason) => {
-            mark_denied(db.conn(), &seen.session.id, reason, now).await?;
-            let fresh = reread(db, &seen.session.id, now).await?;
-            outcome.session = fresh;
+            let ended_here = mark_denied(db.conn(), &seen.session.id, reason, now).await?;
+            if !ended_here {
+                // Closed or lapsed since the read.
+                return ended_since(db, outcome, now).await;
+            }
+            outcome.session = reread(db, &seen.session.id, now).await?;
             return Ok(ended(outcome, reason));
         }
         Beat::Touch => {
@@ -141,10 +144,7 @@ pub async fn heartbeat(
             match touched {
                 Some(session) => outcome.session = SessionView::at(session, now)?,
                 // Closed or lapsed since the read.
-                None => {
-                    outcome.session = reread(db, &seen.session.id, now).await?;
-                    return Ok(ended(outcome, DenyReason::SessionEnded));
-                }
+                None => return ended_since(db, outcome, now).await,
             }
         }
         Beat::Renew => {
@@ -180,6 +180,20 @@ fn ended(mut outcome: HeartbeatOutcome, reason: DenyReason) -> HeartbeatOutcome 
     outcome.deny_reason = Some(reason);
     outcome.window_ends_at = None;
     outcome
+}
+
+/// The answer to a heartbeat whose session was ended by someone else after it was
+/// read: as it stands now, with the balance as it is after that (a close may have
+/// refunded the charge).
+async fn ended_since(
+    db: &Db,
+    mut outcome: HeartbeatOutcome,
+    now: DateTime<Utc>,
+) -> Result<HeartbeatOutcome> {
+    outcome.session = reread(db, &outcome.session.session.id, now).await?;
+    outcome.balance =
+        crate::accounts::balance_at(db.conn(), outcome.session.session.account_id, now).await?;
+    Ok(ended(outcome, DenyReason::SessionEnded))
 }
 
 async fn reread(db: &Db, id: &str, now: DateTime<Utc>) -> Result<SessionView> {
@@ -343,9 +357,18 @@ fn run_touches(db: Db, _key: i32, touches: Vec<Touch>) -> BatchFuture<Option<ses
             let s = session::Model::from_query_result(&row, "")?;
             touched.insert(s.id.clone(), s);
         }
+        // Two heartbeats of one session in a batch update its row once, with either's
+        // values; each answers with its own, as it would alone (the one kept came
+        // last).
         Ok(touches
             .iter()
-            .map(|t| Ok(touched.get(&t.id).cloned()))
+            .map(|t| {
+                Ok(touched.get(&t.id).map(|s| session::Model {
+                    last_heartbeat_at: Some(t.now),
+                    active: t.active,
+                    ..s.clone()
+                }))
+            })
             .collect())
     })
 }
