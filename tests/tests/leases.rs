@@ -540,3 +540,79 @@ async fn offline_leases_of_opens_and_heartbeats_verify_after_a_restart() {
         verify(token, &set).expect("a lease from before the restart verifies");
     }
 }
+
+async fn open_refco(s: &TestServer, admin: &str) -> Value {
+    s.ok(
+        Some(admin),
+        "mutation { openProduct(input: {productCode: \"REF-CAD\"}) { tokensCharged session { id } } }",
+        json!({}),
+    )
+    .await["openProduct"]
+    .clone()
+}
+
+async fn idle_beat(s: &TestServer, admin: &str, sid: &str) -> Value {
+    s.ok(
+        Some(admin),
+        "mutation($s: ID!) { heartbeat(input: {sessionId: $s, active: false, offline: true}) { granted windowEndsAt offlineLease } }",
+        json!({"s": sid}),
+    )
+    .await["heartbeat"]
+    .clone()
+}
+
+/// A pay-as-you-go session with no window left (the last charge was refunded as a
+/// short launch) gets no lease: there is nothing paid to work offline on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lease_once_a_refund_has_closed_the_window() {
+    let s = TestServer::start_with(&[TEST_CLOCK]).await;
+    let d = s
+        .ok(OP, "mutation { createAccount(input: {name: \"Refco\", adminEmail: \"a@refco.test\", adminName: \"A\"}) { admin { id } adminApiKey } }", json!({}))
+        .await;
+    let admin = d["createAccount"]["adminApiKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin_id = d["createAccount"]["admin"]["id"].clone();
+    s.upsert_product("REF-CAD", 10).await;
+    s.ok(
+        Some(&admin),
+        "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
+        json!({"u": [admin_id]}),
+    )
+    .await;
+    s.ok(
+        Some(&admin),
+        "mutation { purchaseTokens(input: {quantity: 100, idempotencyKey: \"k\"}) { id } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(open_refco(&s, &admin).await["tokensCharged"], 10);
+    // A session started late in the window, kept open idle past its end.
+    advance(&s, 23).await;
+    let late = open_refco(&s, &admin).await;
+    assert_eq!(late["tokensCharged"], 0);
+    let late = late["session"]["id"].as_str().unwrap().to_owned();
+    advance(&s, 2).await;
+    let beat = idle_beat(&s, &admin, &late).await;
+    assert_eq!(beat["granted"], true);
+    assert!(beat["offlineLease"].is_null(), "the window has ended");
+    // Another launch charges a new window: the idle session may work offline in it.
+    let short = open_refco(&s, &admin).await;
+    assert_eq!(short["tokensCharged"], 10);
+    let beat = idle_beat(&s, &admin, &late).await;
+    assert!(beat["offlineLease"].is_string(), "inside the new window");
+    // That launch closes at once: refunded, its window gone, and no lease.
+    let closed = s
+        .ok(
+            Some(&admin),
+            "mutation($s: ID!) { closeProduct(sessionId: $s) { charges { refunded } } }",
+            json!({"s": short["session"]["id"]}),
+        )
+        .await;
+    assert_eq!(closed["closeProduct"]["charges"][0]["refunded"], true);
+    let beat = idle_beat(&s, &admin, &late).await;
+    assert_eq!(beat["granted"], true, "an idle product is never stopped");
+    assert!(beat["windowEndsAt"].is_null());
+    assert!(beat["offlineLease"].is_null(), "no window, no lease");
+}

@@ -192,6 +192,10 @@ impl Workload {
             match &op {
                 // Rule 12: the same user opening the same product several times at once.
                 Op::Open { .. } if self.rng.random_bool(0.15) => ops.push(op.clone()),
+                // Rule 21: an open racing the refund of a close.
+                Op::Close { .. } if self.rng.random_bool(0.4) => {
+                    ops.extend(sessions::reopen_racing(&op, sessions))
+                }
                 // Rule 3's tie-breaks: another lot bought at the same instant.
                 Op::OperatorBuy {
                     acct, purchased_at, ..
@@ -214,9 +218,12 @@ impl Workload {
 
     fn op(&mut self, server_now: DateTime<Utc>, sessions: &[SessionRef]) -> Op {
         let acct = self.rng.random_range(0..ACCOUNTS);
-        let roll = self.rng.random_range(0..120);
+        // While the clock moves by ten minutes, more heartbeats: they keep products
+        // running through their window's end, where they renew.
+        let chasing = self.minute_moves > 0;
+        let roll = self.rng.random_range(0..if chasing { 150 } else { 120 });
         if roll >= 100
-            && let Some(op) = sessions::session_op(&mut self.rng, sessions, roll)
+            && let Some(op) = sessions::session_op(&mut self.rng, sessions, roll, chasing)
         {
             return op;
         }

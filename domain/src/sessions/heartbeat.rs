@@ -120,7 +120,10 @@ pub async fn heartbeat(
     match decide(&seen, req.active, now)? {
         Beat::Ended => return Ok(ended(outcome, DenyReason::SessionEnded)),
         Beat::End(reason) => {
-            let ended_here = mark_denied(db.conn(), &seen.session.id, reason, now).await?;
+            let ended_here = {
+                let _turn = db.write_turn().await;
+                mark_denied(db.conn(), &seen.session.id, reason, now).await?
+            };
             if !ended_here {
                 // Closed or lapsed since the read.
                 return ended_since(db, outcome, now).await;
@@ -315,6 +318,10 @@ struct Touch {
 fn run_touches(db: Db, _key: i32, touches: Vec<Touch>) -> BatchFuture<Option<session::Model>> {
     Box::pin(async move {
         let backend = db.backend();
+        // One row per session: the latest heartbeat's.
+        let mut latest: Vec<&Touch> = touches.iter().collect();
+        latest.sort_by(|a, b| a.id.cmp(&b.id).then(b.now.cmp(&a.now)));
+        latest.dedup_by(|other, kept| other.id == kept.id);
         let lapsed = text(
             backend,
             conditions::lapsed_session(
@@ -328,14 +335,14 @@ fn run_touches(db: Db, _key: i32, touches: Vec<Touch>) -> BatchFuture<Option<ses
              UPDATE sessions SET last_heartbeat_at = v.at, active = v.active FROM v \
              WHERE sessions.id = v.id AND sessions.state = ? AND NOT {lapsed} \
              RETURNING {}",
-            vec!["(?, ?, ?, ?, ?)"; touches.len()].join(", "),
+            vec!["(?, ?, ?, ?, ?)"; latest.len()].join(", "),
             session::Column::iter()
                 .map(|c| format!("sessions.{}", c.as_str()))
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(touches.len() * 5 + 1);
-        for t in &touches {
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(latest.len() * 5 + 1);
+        for t in &latest {
             let (heartbeat_cutoff, unwatched_cutoff) = rules::lapse_cutoffs(t.now);
             values.extend([
                 t.id.as_str().into(),
@@ -357,9 +364,8 @@ fn run_touches(db: Db, _key: i32, touches: Vec<Touch>) -> BatchFuture<Option<ses
             let s = session::Model::from_query_result(&row, "")?;
             touched.insert(s.id.clone(), s);
         }
-        // Two heartbeats of one session in a batch update its row once, with either's
-        // values; each answers with its own, as it would alone (the one kept came
-        // last).
+        // Of two heartbeats of one session in a batch the later is stored; each
+        // answers with its own values, as it would alone (the stored one came last).
         Ok(touches
             .iter()
             .map(|t| {

@@ -294,9 +294,12 @@ pub(crate) async fn lease_for(
     window_ends_at: Option<DateTime<Utc>>,
     seat_ends_at: Option<DateTime<Utc>>,
 ) -> Result<Option<String>> {
-    let (window_ends_at, seat_ends_at) = match source {
-        AccessSource::Flex => (window_ends_at, None),
-        AccessSource::Subscription => (None, seat_ends_at),
+    // A pay-as-you-go session without a window (a refund closed it) or a
+    // subscription session without a seat has nothing to work offline on.
+    let (window_ends_at, seat_ends_at) = match (source, window_ends_at, seat_ends_at) {
+        (AccessSource::Flex, Some(ends_at), _) => (Some(ends_at), None),
+        (AccessSource::Subscription, _, Some(ends_at)) => (None, Some(ends_at)),
+        _ => return Ok(None),
     };
     let expires_at = rules::lease_expiry(issued_at, window_ends_at, seat_ends_at);
     if expires_at <= issued_at {

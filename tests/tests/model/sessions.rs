@@ -106,6 +106,7 @@ pub(super) struct SessionRef {
     pub(super) id: String,
     pub(super) acct: usize,
     pub(super) user: usize,
+    pub(super) product: usize,
     pub(super) open: bool,
 }
 
@@ -119,13 +120,19 @@ pub(super) fn known_sessions(model: &Model, now: DateTime<Utc>) -> Vec<SessionRe
             id: id.clone(),
             acct: s.acct,
             user: s.user,
+            product: s.product,
             open: s.state == State::Open && s.lapses_at() > now,
         })
         .collect()
 }
 
 /// A heartbeat or a close of a known session, mostly of one still open and recent.
-pub(super) fn session_op(rng: &mut StdRng, known: &[SessionRef], roll: u32) -> Option<Op> {
+pub(super) fn session_op(
+    rng: &mut StdRng,
+    known: &[SessionRef],
+    roll: u32,
+    chasing: bool,
+) -> Option<Op> {
     if known.is_empty() {
         return None;
     }
@@ -133,7 +140,8 @@ pub(super) fn session_op(rng: &mut StdRng, known: &[SessionRef], roll: u32) -> O
     // The oldest open session: one started inside a window and not heard from since
     // is what renews past the window (rule 22).
     let oldest = known.iter().find(|s| s.open);
-    let s = if let (Some(oldest), true) = (oldest, rng.random_bool(0.3)) {
+    let s = if let (Some(oldest), true) = (oldest, rng.random_bool(if chasing { 0.6 } else { 0.3 }))
+    {
         oldest
     } else if !open.is_empty() && rng.random_bool(0.75) {
         open[rng.random_range(0..open.len())]
@@ -141,12 +149,12 @@ pub(super) fn session_op(rng: &mut StdRng, known: &[SessionRef], roll: u32) -> O
         let recent = &known[known.len().saturating_sub(30)..];
         recent.get(rng.random_range(0..recent.len().max(1)))?
     };
-    Some(if roll < 112 {
+    Some(if roll < 112 || (chasing && roll < 140) {
         Op::Heartbeat {
             session: s.id.clone(),
             acct: s.acct,
             user: s.user,
-            active: rng.random_bool(0.75),
+            active: rng.random_bool(if chasing { 0.9 } else { 0.75 }),
         }
     } else {
         Op::Close {
@@ -155,6 +163,21 @@ pub(super) fn session_op(rng: &mut StdRng, known: &[SessionRef], roll: u32) -> O
             user: s.user,
             by_admin: rng.random_bool(0.2),
         }
+    })
+}
+
+/// An open of the product a close names, by the same user, to race the close's
+/// refund (rule 21's "no other open granted inside the window").
+pub(super) fn reopen_racing(close: &Op, known: &[SessionRef]) -> Option<Op> {
+    let Op::Close { session, .. } = close else {
+        return None;
+    };
+    let s = known.iter().find(|s| &s.id == session)?;
+    Some(Op::Open {
+        acct: s.acct,
+        user: s.user,
+        product: s.product,
+        version: None,
     })
 }
 
@@ -403,8 +426,14 @@ impl Model {
             return Err(format!("lastHeartbeatAt {heard} outside the batch"));
         }
         let s = self.sessions.get_mut(id).unwrap();
-        s.last_heartbeat_at = Some(heard);
-        s.heard_in = Some((span.lo, span.hi));
+        // Of two heartbeats in one batch either may be stored: keep the later, so the
+        // orders that explain the answers leave one state, not two.
+        let batch = Some((span.lo, span.hi));
+        s.last_heartbeat_at = match (s.heard_in == batch, s.last_heartbeat_at) {
+            (true, Some(earlier)) => Some(earlier.max(heard)),
+            _ => Some(heard),
+        };
+        s.heard_in = batch;
         Ok(())
     }
 
