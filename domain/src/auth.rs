@@ -2,13 +2,16 @@
 
 use crate::access::{Actor, UserActor};
 use crate::error::{DomainError, Result};
-use crate::store::{Db, KeyCache};
+use crate::store::{BatchFuture, Db, GroupCommit, KeyCache};
 use crate::vocabulary::parse;
 use base64::Engine;
 use daypass_entity::user;
 use rand::RngCore;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 const KEY_PREFIX: &str = "dp_";
 
@@ -51,30 +54,25 @@ impl OperatorKey {
     }
 }
 
-/// Who presents `key`. Comparing hashes keeps the comparison independent of where
-/// the keys first differ.
+/// Who presents `key`, read from the database. Comparing hashes keeps the comparison
+/// independent of where the keys first differ.
 pub async fn authenticate(db: &Db, operator: &OperatorKey, key: &str) -> Result<Actor> {
     let hash = hash_api_key(key.trim());
     if operator.hash.as_deref() == Some(hash.as_str()) {
         return Ok(Actor::Operator);
     }
-    let found = user::Entity::find()
-        .filter(user::Column::ApiKeyHash.eq(hash))
-        .one(db.conn())
-        .await?;
-    match found {
-        Some(u) => Ok(Actor::User(UserActor {
-            user_id: u.id,
-            account_id: u.account_id,
-            role: parse(&u.role)?,
-            active: u.active,
-        })),
+    let mut users = key_users(db, std::slice::from_ref(&hash)).await?;
+    match users.remove(&hash) {
+        Some(user) => Ok(Actor::User(user?)),
         None => Err(DomainError::Unauthenticated),
     }
 }
 
-/// [`authenticate`], answered from the process's [`KeyCache`] when it saw the key in
-/// the last [`KEY_CACHE_TTL`].
+/// [`authenticate`], answered from the process's [`KeyCache`] when a read that began
+/// less than [`KEY_CACHE_TTL`] ago found the key. Keys not remembered are looked up
+/// together: the requests that miss while a lookup is under way share the next one.
+///
+/// [`KEY_CACHE_TTL`]: crate::store::key_cache::KEY_CACHE_TTL
 pub async fn authenticate_cached(db: &Db, operator: &OperatorKey, key: &str) -> Result<Actor> {
     let hash = hash_api_key(key.trim());
     if operator.hash.as_deref() == Some(hash.as_str()) {
@@ -83,16 +81,80 @@ pub async fn authenticate_cached(db: &Db, operator: &OperatorKey, key: &str) -> 
     if let Some(user) = key_cache(db).get(&hash) {
         return Ok(Actor::User(user));
     }
-    let actor = authenticate(db, operator, key).await?;
-    if let Actor::User(user) = &actor {
-        key_cache(db).put(hash, user.clone());
+    let lookups = db.shared::<KeyLookups>();
+    match lookups.0.submit(db, 0, hash).await? {
+        Some(user) => Ok(Actor::User(user)),
+        None => Err(DomainError::Unauthenticated),
     }
-    Ok(actor)
 }
 
 /// The process's cache of key users on `db`.
 pub(crate) fn key_cache(db: &Db) -> std::sync::Arc<KeyCache<UserActor>> {
     db.shared::<KeyCache<UserActor>>()
+}
+
+/// Key hashes the cache did not know, waiting for the next lookup.
+struct KeyLookups(Arc<GroupCommit<String, Option<UserActor>>>);
+
+/// Keys looked up in one statement at most.
+const MAX_LOOKUPS: usize = 128;
+
+impl Default for KeyLookups {
+    fn default() -> KeyLookups {
+        KeyLookups(GroupCommit::new(run_lookups, MAX_LOOKUPS))
+    }
+}
+
+/// One batch of [`authenticate_cached`]'s lookups; each user found is remembered
+/// from the instant the read began, so the cache's bound holds from the read.
+fn run_lookups(db: Db, _key: i32, hashes: Vec<String>) -> BatchFuture<Option<UserActor>> {
+    Box::pin(async move {
+        let read_at = Instant::now();
+        let users = key_users(&db, &hashes).await?;
+        let cache = key_cache(&db);
+        Ok(hashes
+            .into_iter()
+            .map(|hash| match users.get(&hash) {
+                None => Ok(None),
+                Some(Err(e)) => Err(e.duplicate()),
+                Some(Ok(user)) => {
+                    let user = user.clone();
+                    cache.put(hash, user.clone(), read_at);
+                    Ok(Some(user))
+                }
+            })
+            .collect())
+    })
+}
+
+/// The users of the keys hashed in `hashes`, by hash, in one statement (no LIMIT:
+/// SQLite prepares a statement with a bound LIMIT again on every run).
+async fn key_users(db: &Db, hashes: &[String]) -> Result<HashMap<String, Result<UserActor>>> {
+    let rows: Vec<(String, i32, i32, String, bool)> = user::Entity::find()
+        .select_only()
+        .columns([
+            user::Column::ApiKeyHash,
+            user::Column::Id,
+            user::Column::AccountId,
+            user::Column::Role,
+            user::Column::Active,
+        ])
+        .filter(user::Column::ApiKeyHash.is_in(hashes.iter().map(String::as_str)))
+        .into_tuple()
+        .all(db.conn())
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(hash, user_id, account_id, role, active)| {
+            let user = parse(&role).map(|role| UserActor {
+                user_id,
+                account_id,
+                role,
+                active,
+            });
+            (hash, user)
+        })
+        .collect())
 }
 
 #[cfg(test)]

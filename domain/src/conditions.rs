@@ -80,6 +80,16 @@ pub fn lapsed_session(
             .and(Expr::col((sessions.clone(), session::Column::StartedAt)).lte(unwatched_cutoff)))
 }
 
+/// A session of `sessions` (the table or an alias) is stored as open. The state is
+/// written inline, not bound, so both planners match it to the partial index of open
+/// sessions (`ix_sessions_open`) whatever the statement's parameters.
+pub fn stored_open_session(sessions: impl IntoIden) -> Expr {
+    Expr::col((sessions.into_iden(), session::Column::State)).eq(Expr::cust(format!(
+        "'{}'",
+        crate::vocabulary::SessionState::Open.as_str()
+    )))
+}
+
 /// A column of a table or alias in a statement written by hand, as a condition's `at`.
 pub fn column(table: &str, column: &str) -> Expr {
     Expr::col((

@@ -9,6 +9,7 @@ mod m20261129_000001_period_users_since;
 mod m20261129_000002_user_day_blocks;
 mod m20261206_000001_sessions;
 mod m20261206_000002_signing_keys;
+mod m20261206_000003_sessions_heartbeat_hot;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_user_day_blocks::Migration),
             Box::new(m20261206_000001_sessions::Migration),
             Box::new(m20261206_000002_signing_keys::Migration),
+            Box::new(m20261206_000003_sessions_heartbeat_hot::Migration),
         ]
     }
 }

@@ -103,7 +103,7 @@ pub async fn end_lapsed(db: &Db, now: DateTime<Utc>) -> Result<LapseReport> {
     let mut report = LapseReport::default();
     loop {
         let due: Vec<session::Model> = session::Entity::find()
-            .filter(session::Column::State.eq(SessionState::Open.as_str()))
+            .filter(conditions::stored_open_session(session::Entity))
             .filter(conditions::lapsed_session(
                 session::Entity,
                 heartbeat_cutoff,
@@ -147,7 +147,7 @@ pub async fn end_lapsed(db: &Db, now: DateTime<Utc>) -> Result<LapseReport> {
         }
     }
     report.open_now = session::Entity::find()
-        .filter(session::Column::State.eq(SessionState::Open.as_str()))
+        .filter(conditions::stored_open_session(session::Entity))
         .filter(
             conditions::lapsed_session(session::Entity, heartbeat_cutoff, unwatched_cutoff).not(),
         )
