@@ -776,33 +776,16 @@ impl Model {
         let balance = self.accounts[acct].balance(span);
         let plan = self.plan_level(acct, span);
         same("planLevel", d["planLevel"].as_str(), Some(plan))?;
-        let seat = product != UNKNOWN
-            && self.subs.iter().flatten().any(|s| {
-                s.acct == acct
-                    && s.product == product
-                    && s.holders.contains(&user)
-                    && span.reached(s.starts_at)
-                    && !span.reached(s.ends_at)
-            });
-        let a = &self.accounts[acct];
-        let u = &a.users[user];
+        let seat = product != UNKNOWN && self.holds_seat(acct, user, product, span);
+        let u = &self.accounts[acct].users[user];
         let denial = if product == UNKNOWN {
             Some("UNKNOWN_PRODUCT")
         } else if !u.active {
             Some("USER_DEACTIVATED")
         } else if seat {
             None
-        } else if !u.flex {
-            Some("NOT_ASSIGNED")
-        } else if u
-            .allowed
-            .as_ref()
-            .or(a.allowed.as_ref())
-            .is_some_and(|list| !list.contains(&product))
-        {
-            Some("PRODUCT_RESTRICTED")
         } else {
-            None
+            self.flex_denial(acct, user, product)
         };
         let window = u
             .windows
