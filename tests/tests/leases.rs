@@ -446,18 +446,7 @@ async fn offline_leases_of_opens_and_heartbeats_verify_after_a_restart() {
         .to_owned();
     let product = s.upsert_product("OFF-CAD", 10).await;
     s.upsert_product("OFF-SUB", 10).await;
-    s.ok(
-        Some(&admin),
-        "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
-        json!({"u": [admin_id]}),
-    )
-    .await;
-    s.ok(
-        Some(&admin),
-        "mutation { purchaseTokens(input: {quantity: 100, idempotencyKey: \"k\"}) { id } }",
-        json!({}),
-    )
-    .await;
+    pay_as_you_go_with_tokens(s, &admin, &admin_id).await;
     let open =
         "mutation($c: String!, $o: Boolean) { openProduct(input: {productCode: $c, offline: $o}) {
                   granted windowEndsAt offlineLease session { id } } }";
@@ -541,6 +530,22 @@ async fn offline_leases_of_opens_and_heartbeats_verify_after_a_restart() {
     }
 }
 
+/// The admin `admin_id` (key `admin`) on pay-as-you-go, with 100 tokens bought.
+async fn pay_as_you_go_with_tokens(s: &TestServer, admin: &str, admin_id: &impl serde::Serialize) {
+    s.ok(
+        Some(admin),
+        "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
+        json!({"u": [admin_id]}),
+    )
+    .await;
+    s.ok(
+        Some(admin),
+        "mutation { purchaseTokens(input: {quantity: 100, idempotencyKey: \"k\"}) { id } }",
+        json!({}),
+    )
+    .await;
+}
+
 async fn open_refco(s: &TestServer, admin: &str) -> Value {
     s.ok(
         Some(admin),
@@ -575,18 +580,7 @@ async fn no_lease_once_a_refund_has_closed_the_window() {
         .to_owned();
     let admin_id = d["createAccount"]["admin"]["id"].clone();
     s.upsert_product("REF-CAD", 10).await;
-    s.ok(
-        Some(&admin),
-        "mutation($u: [ID!]!) { assignFlex(userIds: $u, assigned: true) { id } }",
-        json!({"u": [admin_id]}),
-    )
-    .await;
-    s.ok(
-        Some(&admin),
-        "mutation { purchaseTokens(input: {quantity: 100, idempotencyKey: \"k\"}) { id } }",
-        json!({}),
-    )
-    .await;
+    pay_as_you_go_with_tokens(&s, &admin, &admin_id).await;
     assert_eq!(open_refco(&s, &admin).await["tokensCharged"], 10);
     // A session started late in the window, kept open idle past its end.
     advance(&s, 23).await;
