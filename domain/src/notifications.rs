@@ -24,6 +24,8 @@ crate::vocabulary::vocabulary!(NotificationKind {
     LowBalance => "LOW_BALANCE",
     TokensExhausted => "TOKENS_EXHAUSTED",
     ExpiryReminder => "EXPIRY_REMINDER",
+    WebhookDisabled => "WEBHOOK_DISABLED",
+    ScheduledReport => "SCHEDULED_REPORT",
 });
 crate::vocabulary::vocabulary!(NotificationState { Pending => "PENDING", Sent => "SENT", Dead => "DEAD" });
 
@@ -38,7 +40,7 @@ pub const LEASE: Duration = Duration::seconds(60);
 pub const REMINDER_BEFORE_EXPIRY: Duration = Duration::days(90);
 
 /// The facts an e-mail is written from, frozen when the event happened.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Facts {
     pub account_id: i32,
     pub account_name: String,
@@ -46,6 +48,73 @@ pub struct Facts {
     pub threshold: Option<i64>,
     pub lots: Vec<LotFact>,
     pub at: DateTime<Utc>,
+    /// The alert rule (rule 25) whose threshold a low-balance e-mail is about; none
+    /// for rule 14's own threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertFact>,
+    /// The endpoint a webhook-disabled e-mail is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookFact>,
+    /// The period a scheduled report covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportFact>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertFact {
+    pub rule_id: i32,
+    /// "TOKENS" or "PERCENT", and the rule's setting in that unit.
+    pub unit: String,
+    pub setting: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookFact {
+    pub endpoint_id: i32,
+    pub url: String,
+    pub failing_since: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportFact {
+    pub subscription_id: i32,
+    /// "WEEKLY" or "MONTHLY".
+    pub schedule: String,
+    /// The UTC days covered, both included.
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+}
+
+/// Who a notification goes to: the account's active admins, extra addresses, or
+/// both (duplicates removed, admins first).
+#[derive(Debug, Clone, Default)]
+pub struct Recipients {
+    pub admins: bool,
+    pub extra: Vec<String>,
+}
+
+impl Recipients {
+    pub fn admins() -> Recipients {
+        Recipients {
+            admins: true,
+            extra: Vec::new(),
+        }
+    }
+
+    async fn resolve(&self, conn: &impl ConnectionTrait, account_id: i32) -> Result<Vec<String>> {
+        let mut all = if self.admins {
+            active_admin_emails(conn, account_id).await?
+        } else {
+            Vec::new()
+        };
+        for e in &self.extra {
+            if !all.iter().any(|a| a.eq_ignore_ascii_case(e)) {
+                all.push(e.clone());
+            }
+        }
+        Ok(all)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,14 +151,15 @@ async fn active_admin_emails(conn: &impl ConnectionTrait, account_id: i32) -> Re
 
 /// Inserts the notification unless one with the same key exists; returns its id
 /// when this call created it.
-async fn insert_once(
+pub(crate) async fn insert_once(
     conn: &impl ConnectionTrait,
     kind: NotificationKind,
     dedupe_key: String,
     facts: &Facts,
+    recipients: &Recipients,
     now: DateTime<Utc>,
 ) -> Result<Option<i32>> {
-    let recipients = active_admin_emails(conn, facts.account_id).await?;
+    let recipients = recipients.resolve(conn, facts.account_id).await?;
     let am = notification::ActiveModel {
         id: NotSet,
         account_id: Set(facts.account_id),
@@ -140,12 +210,14 @@ pub(crate) async fn on_charge(
         threshold: Some(threshold.get()),
         lots: vec![],
         at: now,
+        ..Facts::default()
     };
     insert_once(
         conn,
         NotificationKind::LowBalance,
         format!("low-balance:charge:{charge_id}"),
         &facts,
+        &Recipients::admins(),
         now,
     )
     .await
@@ -168,12 +240,14 @@ pub(crate) async fn on_exhausted(
         threshold: None,
         lots: vec![],
         at: now,
+        ..Facts::default()
     };
     insert_once(
         conn,
         NotificationKind::TokensExhausted,
         format!("exhausted:{}:{day}", account.id),
         &facts,
+        &Recipients::admins(),
         now,
     )
     .await
@@ -214,9 +288,18 @@ pub async fn record_expiry_reminders(db: &Db, now: DateTime<Utc>) -> Result<Vec<
                 expires_at: lot.expires_at,
             }],
             at: now,
+            ..Facts::default()
         };
         if let Some(id) =
-            insert_once(&*tx, NotificationKind::ExpiryReminder, key, &facts, now).await?
+            insert_once(
+            &*tx,
+            NotificationKind::ExpiryReminder,
+            key,
+            &facts,
+            &Recipients::admins(),
+            now,
+        )
+        .await?
         {
             created.push(id);
         }

@@ -10,6 +10,7 @@ mod m20261129_000002_user_day_blocks;
 mod m20261206_000001_sessions;
 mod m20261206_000002_signing_keys;
 mod m20261206_000003_sessions_heartbeat_hot;
+mod m20261206_000004_alerts_webhooks_reports;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_sessions::Migration),
             Box::new(m20261206_000002_signing_keys::Migration),
             Box::new(m20261206_000003_sessions_heartbeat_hot::Migration),
+            Box::new(m20261206_000004_alerts_webhooks_reports::Migration),
         ]
     }
 }

@@ -60,6 +60,33 @@ fn wording(d: &Delivery) -> (String, Vec<String>) {
                 "Access returns as soon as tokens are bought.".to_owned(),
             ],
         ),
+        NotificationKind::WebhookDisabled => {
+            let (url, since, error) = f.webhook.as_ref().map_or_else(
+                || (String::new(), String::new(), None),
+                |w| {
+                    (
+                        w.url.clone(),
+                        w.failing_since.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        w.last_error.clone(),
+                    )
+                },
+            );
+            let mut lines = vec![
+                format!(
+                    "Daypass stopped sending webhooks of {name} to {url}: every delivery has failed since {since}."
+                ),
+                "Events are kept: fix the endpoint, enable it again and replay the deliveries you need."
+                    .to_owned(),
+            ];
+            if let Some(error) = error {
+                lines.insert(1, format!("The last attempt: {error}."));
+            }
+            (format!("Daypass: a webhook endpoint of {name} was disabled"), lines)
+        }
+        NotificationKind::ScheduledReport => (
+            format!("Daypass: the usage report of {name}"),
+            vec![format!("The usage report of {name}.")],
+        ),
         NotificationKind::ExpiryReminder => {
             let mut lines = vec![format!(
                 "Tokens of {name} expire soon; unused tokens do not roll over."
@@ -131,6 +158,7 @@ mod tests {
                 threshold: Some(20),
                 lots: vec![],
                 at: "2026-01-01T00:00:00Z".parse().unwrap(),
+                ..Facts::default()
             },
             attempt: 1,
         };
