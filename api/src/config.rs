@@ -31,14 +31,6 @@ pub struct Config {
     /// Comma-separated origins allowed to call the API from a browser.
     #[arg(long, env = "DAYPASS_CORS_ORIGINS", global = true)]
     pub cors_origins: Option<String>,
-    /// `production`: introspection and suggestions off, internal errors masked.
-    #[arg(
-        long,
-        env = "DAYPASS_ENV",
-        default_value = "development",
-        global = true
-    )]
-    pub env: String,
     /// Mutations a minute per API key, bursts included (0: no limit). Stops scripted
     /// or leaked keys from hammering purchases, user creation and opens.
     #[arg(

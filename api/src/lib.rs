@@ -22,7 +22,7 @@ use std::sync::Arc;
 /// the job queue, and installs the lease signing key of `DAYPASS_SIGNING_KEY_FILE`
 /// when it is set. The workers the process embeds are built on what this returns.
 pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
-    if config.test_clock && config.env == "production" {
+    if config.test_clock && config.shared.env == "production" {
         anyhow::bail!("DAYPASS_TEST_CLOCK cannot be used with DAYPASS_ENV=production");
     }
     // Read before anything else, so a missing file fails the start at once.

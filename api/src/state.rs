@@ -87,7 +87,7 @@ impl AppState {
             operator_key: OperatorKey::new(config.operator_key.as_deref()),
             schema: AppSchema::build(
                 config.test_clock,
-                config.env == "production",
+                config.shared.env == "production",
                 config.mutation_rate,
             ),
             queue,

@@ -144,18 +144,28 @@ pub async fn threshold_at(
     if let Some(t) = account.low_balance_threshold {
         return Ok(Tokens(t));
     }
+    Ok(rules::low_balance_threshold(
+        None,
+        bought_in_unexpired_lots(conn, account.id, now).await?,
+    ))
+}
+
+/// The tokens bought in lots unexpired at `now` (their quantities): what rule 14's
+/// default threshold and rule 25's percentages are shares of.
+pub async fn bought_in_unexpired_lots(
+    conn: &impl ConnectionTrait,
+    account_id: i32,
+    now: DateTime<Utc>,
+) -> Result<Tokens> {
     let quantities: Vec<i64> = lot::Entity::find()
         .select_only()
         .column(lot::Column::Quantity)
-        .filter(lot::Column::AccountId.eq(account.id))
+        .filter(lot::Column::AccountId.eq(account_id))
         .filter(conditions::unexpired_lot(lot::Entity, now))
         .into_tuple()
         .all(conn)
         .await?;
-    Ok(rules::low_balance_threshold(
-        None,
-        quantities.into_iter().map(Tokens).sum(),
-    ))
+    Ok(quantities.into_iter().map(Tokens).sum())
 }
 
 pub async fn low_balance_threshold(

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod alerts;
 pub mod auth;
 pub mod catalog;
 pub mod charging;
@@ -29,6 +30,7 @@ pub mod subscriptions;
 pub mod units;
 pub mod users;
 pub mod vocabulary;
+pub mod webhooks;
 
 pub use access::Actor;
 pub use clock::{Clock, SystemClock, TestClock};

@@ -1,5 +1,6 @@
 //! Lots: buying tokens (rules 1, 4, 5), reading them, and the expiry sweep (rule 2).
 
+use crate::webhooks::WebhookEvent;
 use crate::access::Actor;
 use crate::catalog::{self, load_price_list};
 use crate::conditions;
@@ -168,6 +169,17 @@ pub async fn purchase(
     .insert(&*tx)
     .await?;
     announce_balance_change(&*tx, account_id).await?;
+    let data = serde_json::json!({
+        "lotId": lot.id.to_string(),
+        "tokens": lot.quantity,
+        "unitPriceMinor": lot.unit_price_minor,
+        "totalMinor": lot.unit_price_minor.saturating_mul(lot.quantity),
+        "currency": lot.currency,
+        "purchasedAt": lot.purchased_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "expiresAt": lot.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "balance": crate::accounts::balance_at(&*tx, account_id, now).await?.get(),
+    });
+    crate::webhooks::record_event(&tx, account_id, WebhookEvent::PurchaseCompleted, data, now).await?;
     tx.commit().await?;
     Ok(LotView::at(lot, now))
 }
@@ -257,6 +269,14 @@ pub async fn sweep_expired(db: &Db, now: DateTime<Utc>) -> Result<u64> {
         .insert(&*tx)
         .await?;
         announce_balance_change(&*tx, current.account_id).await?;
+        let data = serde_json::json!({
+            "lotId": current.id.to_string(),
+            "tokensExpired": left,
+            "expiredAt": current.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "balance": crate::accounts::balance_at(&*tx, current.account_id, now).await?.get(),
+        });
+        crate::webhooks::record_event(&tx, current.account_id, WebhookEvent::LotExpired, data, now)
+            .await?;
         tx.commit().await?;
         expired += 1;
     }

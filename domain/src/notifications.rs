@@ -4,10 +4,12 @@
 //! with exponential backoff up to a bound.
 
 use crate::access::Actor;
+use crate::alerts::{self, AlertRule};
 use crate::conditions;
 use crate::error::{DomainError, Result};
 use crate::page::{Page, PageRequest};
-use crate::store::Db;
+use crate::store::{Db, WriteTx};
+use crate::webhooks::{self, WebhookEvent};
 use crate::units::{ChargeId, NotificationId, Tokens};
 use crate::vocabulary::Role;
 use chrono::{DateTime, Duration, Utc};
@@ -189,45 +191,74 @@ pub(crate) async fn insert_once(
     })
 }
 
-/// Called inside a charge's transaction: records a low-balance notification when
-/// this charge crossed the threshold.
+/// Called inside a charge's transaction (rules 14 and 25): for every threshold the
+/// charge took the balance below, rule 14's and each alert rule's, one e-mail to
+/// its recipients and one BALANCE_LOW event.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn on_charge(
-    conn: &impl ConnectionTrait,
+    tx: &WriteTx,
     account: &account::Model,
     before: Tokens,
     after: Tokens,
     threshold: Tokens,
+    rules: &[AlertRule],
+    bought: Tokens,
     charge_id: ChargeId,
     now: DateTime<Utc>,
-) -> Result<Option<NotificationId>> {
-    if !crossed_threshold(before, after, threshold) {
-        return Ok(None);
+) -> Result<Vec<NotificationId>> {
+    let mut created = Vec::new();
+    for crossing in alerts::crossings(before, after, threshold, rules, bought) {
+        let facts = Facts {
+            account_id: account.id,
+            account_name: account.name.clone(),
+            balance: after.get(),
+            threshold: Some(crossing.threshold.get()),
+            at: now,
+            alert: crossing.rule.map(|r| AlertFact {
+                rule_id: r.id,
+                unit: r.unit.as_str().to_owned(),
+                setting: r.setting,
+            }),
+            ..Facts::default()
+        };
+        let (key, recipients) = match crossing.rule {
+            None => (format!("low-balance:charge:{charge_id}"), Recipients::admins()),
+            Some(rule) => (
+                format!("alert:{}:charge:{charge_id}", rule.id),
+                Recipients {
+                    admins: rule.include_admins,
+                    extra: rule.extra_recipients.clone(),
+                },
+            ),
+        };
+        let Some(id) = insert_once(
+            &**tx,
+            NotificationKind::LowBalance,
+            key,
+            &facts,
+            &recipients,
+            now,
+        )
+        .await?
+        else {
+            continue;
+        };
+        created.push(NotificationId(id));
+        let data = serde_json::json!({
+            "balance": after.get(),
+            "threshold": crossing.threshold.get(),
+            "alertRuleId": crossing.rule.map(|r| r.id.to_string()),
+            "chargeId": charge_id.get().to_string(),
+        });
+        webhooks::record_event(tx, account.id, WebhookEvent::BalanceLow, data, now).await?;
     }
-    let facts = Facts {
-        account_id: account.id,
-        account_name: account.name.clone(),
-        balance: after.get(),
-        threshold: Some(threshold.get()),
-        lots: vec![],
-        at: now,
-        ..Facts::default()
-    };
-    insert_once(
-        conn,
-        NotificationKind::LowBalance,
-        format!("low-balance:charge:{charge_id}"),
-        &facts,
-        &Recipients::admins(),
-        now,
-    )
-    .await
-    .map(|id| id.map(NotificationId))
+    Ok(created)
 }
 
-/// Called inside a denial's transaction: at most one "tokens exhausted" per account
-/// and UTC day.
+/// Called inside a denial's transaction: at most one "tokens exhausted" e-mail and
+/// TOKENS_EXHAUSTED event per account and UTC day.
 pub(crate) async fn on_exhausted(
-    conn: &impl ConnectionTrait,
+    tx: &WriteTx,
     account: &account::Model,
     balance: Tokens,
     now: DateTime<Utc>,
@@ -242,16 +273,20 @@ pub(crate) async fn on_exhausted(
         at: now,
         ..Facts::default()
     };
-    insert_once(
-        conn,
+    let id = insert_once(
+        &**tx,
         NotificationKind::TokensExhausted,
         format!("exhausted:{}:{day}", account.id),
         &facts,
         &Recipients::admins(),
         now,
     )
-    .await
-    .map(|id| id.map(NotificationId))
+    .await?;
+    if id.is_some() {
+        let data = serde_json::json!({ "balance": balance.get() });
+        webhooks::record_event(tx, account.id, WebhookEvent::TokensExhausted, data, now).await?;
+    }
+    Ok(id.map(NotificationId))
 }
 
 /// Rule 14: one reminder per lot with tokens left, from 90 days before its expiry.
@@ -302,6 +337,12 @@ pub async fn record_expiry_reminders(db: &Db, now: DateTime<Utc>) -> Result<Vec<
         .await?
         {
             created.push(id);
+            let data = serde_json::json!({
+                "lotId": lot.id.to_string(),
+                "remaining": lot.remaining,
+                "expiresAt": lot.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            });
+            webhooks::record_event(&tx, account.id, WebhookEvent::LotExpiring, data, now).await?;
         }
         tx.commit().await?;
     }

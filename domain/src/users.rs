@@ -31,10 +31,9 @@ pub struct CreatedUser {
     pub api_key: String,
 }
 
-/// Parses what a new user needs: a plausible e-mail address (kept in lower case), a
-/// name, and an account role.
-pub(crate) fn validate_new_user(input: &NewUser) -> Result<NewUser> {
-    let email = input.email.trim().to_lowercase();
+/// A plausible e-mail address, trimmed and in lower case, or BAD_USER_INPUT.
+pub fn email_address(text: &str) -> Result<String> {
+    let email = text.trim().to_lowercase();
     let valid_email = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
@@ -44,11 +43,18 @@ pub(crate) fn validate_new_user(input: &NewUser) -> Result<NewUser> {
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if !valid_email {
+        let shown: String = text.chars().take(80).collect();
         return Err(DomainError::bad_input(format!(
-            "{:?} is not a valid e-mail address",
-            input.email
+            "{shown:?} is not a valid e-mail address"
         )));
     }
+    Ok(email)
+}
+
+/// Parses what a new user needs: a plausible e-mail address (kept in lower case), a
+/// name, and an account role.
+pub(crate) fn validate_new_user(input: &NewUser) -> Result<NewUser> {
+    let email = email_address(&input.email)?;
     let name = clean_name(&input.name, "a user's name")?;
     if input.role == Role::Operator {
         return Err(DomainError::bad_input(

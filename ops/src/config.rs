@@ -48,6 +48,19 @@ pub struct SharedConfig {
         global = true
     )]
     pub public_url: String,
+    /// `production`: introspection and suggestions off, internal errors masked, and
+    /// webhooks kept off loopback, private and link-local addresses.
+    #[arg(
+        long,
+        env = "DAYPASS_ENV",
+        default_value = "development",
+        global = true
+    )]
+    pub env: String,
+    /// Comma-separated hosts a production deployment may deliver webhooks to
+    /// although they resolve to loopback, private or link-local addresses.
+    #[arg(long, env = "DAYPASS_WEBHOOK_ALLOW_HOSTS", global = true)]
+    pub webhook_allow_hosts: Option<String>,
     /// `json` for structured logs.
     #[arg(long, env = "DAYPASS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     pub log_format: String,

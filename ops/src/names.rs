@@ -8,6 +8,7 @@ pub const TOKENS_CHARGED: &str = "daypass_tokens_charged_total";
 pub const QUEUE_JOBS: &str = "daypass_queue_jobs";
 pub const JOBS: &str = "daypass_jobs_total";
 pub const EMAILS: &str = "daypass_emails_total";
+pub const WEBHOOK_ATTEMPTS: &str = "daypass_webhook_attempts_total";
 pub const DB_POOL_CONNECTIONS: &str = "daypass_db_pool_connections";
 pub const DB_POOL_IDLE: &str = "daypass_db_pool_idle_connections";
 pub const SESSIONS_OPEN: &str = "daypass_sessions_open";

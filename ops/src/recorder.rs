@@ -76,6 +76,10 @@ fn describe() {
         "Sessions ended by a close or a heartbeat, by how they ended."
     );
     describe_counter!(names::EMAILS, "E-mails handed over (sent) or not (failed).");
+    describe_counter!(
+        names::WEBHOOK_ATTEMPTS,
+        "Webhook attempts by outcome: delivered, failed (retried) or dead (endpoint disabled)."
+    );
     describe_gauge!(
         names::DB_POOL_CONNECTIONS,
         "Open connections of each database pool, read at scrape time."
@@ -109,6 +113,11 @@ pub fn record_cron_job<T, E>(kind: &'static str, result: Result<T, E>) -> Result
 /// Counts one e-mail: `sent` or `failed`.
 pub fn record_email(outcome: &'static str) {
     metrics::counter!(names::EMAILS, "outcome" => outcome).increment(1);
+}
+
+/// One webhook attempt: `delivered`, `failed` or `dead`.
+pub fn record_webhook(outcome: &'static str) {
+    metrics::counter!(names::WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
 }
 
 /// Reads the scrape-time gauges (database pools, queue depth), then renders every

@@ -7,7 +7,8 @@
 //! - the usage rollup, every five minutes;
 //! - the outbox dispatcher, every 10 seconds: records due expiry reminders and
 //!   (re-)enqueues every due notification;
-//! - the notification sender, consuming the job queue (SQLite, PostgreSQL or Redis).
+//! - the notification sender, consuming the job queue (SQLite, PostgreSQL or Redis);
+//! - the webhook sender, beside the queue (see [`webhooks`]).
 
 pub mod email;
 pub mod expiry;
@@ -15,6 +16,7 @@ pub mod mailer;
 pub mod notify;
 pub mod rollup;
 pub mod sessions;
+pub mod webhooks;
 
 use apalis::prelude::*;
 use daypass_domain::{Clock, Db};
@@ -33,6 +35,7 @@ pub struct WorkerDeps {
     pub mail: MailSettings,
     /// Where send jobs go.
     pub queue: JobQueue,
+    pub webhooks: Arc<webhooks::WebhookSender>,
 }
 
 impl WorkerDeps {
@@ -53,12 +56,19 @@ impl WorkerDeps {
         mail.from.parse::<lettre::message::Mailbox>().map_err(|e| {
             anyhow::anyhow!("DAYPASS_MAIL_FROM {:?} is not a mailbox: {e}", mail.from)
         })?;
+        let guard = daypass_domain::webhooks::guard::AddressGuard::new(
+            &config.env,
+            config.webhook_allow_hosts.as_deref(),
+        );
+        db.install_webhook_guard(guard.clone());
+        let webhooks = webhooks::WebhookSender::new(db.clone(), clock.clone(), guard)?;
         Ok(WorkerDeps {
             db,
             clock,
             mailer: Arc::new(mailer),
             mail,
             queue,
+            webhooks: Arc::new(webhooks),
         })
     }
 }
@@ -127,13 +137,17 @@ pub async fn run_until(
     deps: WorkerDeps,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    build_monitor(deps)
+    let sender = tokio::spawn(deps.webhooks.clone().run());
+    let stopped = build_monitor(deps)
         .run_with_signal(async move {
             shutdown.await;
             Ok(())
         })
         .await
-        .map_err(|e| anyhow::anyhow!("workers stopped with an error: {e}"))
+        .map_err(|e| anyhow::anyhow!("workers stopped with an error: {e}"));
+    // An attempt cut short leaves its lease; the delivery is tried again after it.
+    sender.abort();
+    stopped
 }
 
 /// What one maintenance pass did.
@@ -144,18 +158,25 @@ pub struct MaintenanceReport {
     pub days_rolled: u32,
     pub notifications_sent: usize,
     pub notifications_failed: usize,
+    pub webhooks_tried: usize,
 }
 
 /// Runs every periodic job once, now, and returns when all are done (the test
 /// clock's `runMaintenance`): the expiry sweep, lapsed sessions (whose refunds the
-/// rollup must see), the usage rollup, then every due
-/// notification is delivered or has failed.
+/// rollup must see), the usage rollup, then every due notification and webhook
+/// delivery is tried once.
 pub async fn run_maintenance_now(deps: &WorkerDeps) -> daypass_domain::Result<MaintenanceReport> {
     let lots_expired = expiry::sweep_now(deps).await?;
     let sessions_lapsed = sessions::end_lapsed_now(deps).await?.lapsed;
     let days_rolled = rollup::roll_up_now(deps).await?;
-    let (notifications_sent, notifications_failed) = notify::deliver_due_now(deps).await?;
+    let (mut notifications_sent, mut notifications_failed) = notify::deliver_due_now(deps).await?;
+    let webhooks_tried = deps.webhooks.deliver_due_now().await?;
+    // The e-mails that webhook failures called for (an endpoint disabled).
+    let (sent, failed) = notify::deliver_due_now(deps).await?;
+    notifications_sent += sent;
+    notifications_failed += failed;
     Ok(MaintenanceReport {
+        webhooks_tried,
         lots_expired,
         sessions_lapsed,
         days_rolled,

@@ -1,5 +1,6 @@
 //! The GraphQL schema: the contract's roots, composed by area.
 
+pub mod alerts;
 pub mod context;
 pub mod document_limits;
 pub mod error;
@@ -22,7 +23,11 @@ use subscription::{FreshRequestPerExecution, Subscription};
 // a doc comment here would become the type's description in the SDL.)
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct PlainMutation(mutation::Mutation, sessions::SessionMutation);
+pub struct PlainMutation(
+    mutation::Mutation,
+    sessions::SessionMutation,
+    alerts::AlertMutation,
+);
 
 pub type PlainSchema = Schema<query::Query, PlainMutation, Subscription>;
 
@@ -33,6 +38,7 @@ pub type PlainSchema = Schema<query::Query, PlainMutation, Subscription>;
 pub struct MutationWithClock(
     mutation::Mutation,
     sessions::SessionMutation,
+    alerts::AlertMutation,
     mutation::TestClockMutation,
 );
 

@@ -346,6 +346,24 @@ impl Account {
         .gql()?;
         Ok(NotificationConnection::from_page(page, Notification))
     }
+    async fn alert_rules(&self, ctx: &Context<'_>) -> Result<Vec<super::alerts::AlertRule>> {
+        super::alerts::account_alert_rules(ctx, self.0.id).await
+    }
+    async fn webhook_endpoints(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::alerts::WebhookEndpoint>> {
+        super::alerts::account_webhook_endpoints(ctx, self.0.id).await
+    }
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        endpoint_id: Option<ID>,
+        #[graphql(default_with = "Some(50)")] first: Option<i64>,
+        after: Option<String>,
+    ) -> Result<super::alerts::WebhookDeliveryConnection> {
+        super::alerts::account_webhook_deliveries(ctx, self.0.id, endpoint_id, first, after).await
+    }
 }
 
 /// An e-mail to the account's admins, from the outbox: PENDING until sent (SENT) or

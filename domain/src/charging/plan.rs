@@ -82,6 +82,8 @@ pub(super) enum Planned {
         window_ends_at: DateTime<Utc>,
         balance_before: Tokens,
         threshold: Tokens,
+        /// The tokens bought in unexpired lots, that rule 25's percentages are of.
+        bought: Tokens,
     },
 }
 
@@ -167,6 +169,7 @@ pub(super) fn plan(items: &[&ChargeRequest], held: &mut Held) -> Result<Vec<Plan
                         window_ends_at: window.ends_at,
                         balance_before,
                         threshold: lots.threshold(account, now),
+                        bought: lots.bought(now),
                     }
                 }
             },
@@ -215,14 +218,16 @@ impl AccountLots {
 
     /// Rule 14's threshold for the account at `now`.
     fn threshold(&self, account: &account::Model, now: DateTime<Utc>) -> Tokens {
-        rules::low_balance_threshold(
-            account.low_balance_threshold.map(Tokens),
-            self.spendable
-                .iter()
-                .filter(|l| rules::lot_is_unexpired(l.expires_at, now))
-                .map(|l| l.quantity)
-                .sum(),
-        )
+        rules::low_balance_threshold(account.low_balance_threshold.map(Tokens), self.bought(now))
+    }
+
+    /// The tokens bought in lots unexpired at `now` (their quantities).
+    fn bought(&self, now: DateTime<Utc>) -> Tokens {
+        self.spendable
+            .iter()
+            .filter(|l| rules::lot_is_unexpired(l.expires_at, now))
+            .map(|l| l.quantity)
+            .sum()
     }
 
     /// The daily rate drawn in burn order, or `None` if the live lots hold too little.

@@ -240,6 +240,16 @@ async fn record_outcomes(
     let mut records = Vec::with_capacity(items.len());
     let mut sessions = Vec::new();
     let mut exhausted_told: Vec<i32> = Vec::new();
+    // Rule 25's alert rules of the accounts that charged, read once for the batch.
+    let mut charged: Vec<i32> = items
+        .iter()
+        .zip(&planned)
+        .filter(|(_, p)| matches!(p.plan, Planned::Charge { .. }))
+        .map(|(item, _)| item.record.account_id)
+        .collect();
+    charged.sort_unstable();
+    charged.dedup();
+    let alert_rules = crate::alerts::rules_of(&**tx, &charged).await?;
     for (item, p) in items.iter().zip(planned) {
         let now = item.record.now;
         let account = held
@@ -252,7 +262,7 @@ async fn record_outcomes(
                 if !exhausted_told.contains(&account.id) {
                     exhausted_told.push(account.id);
                     notes.extend(
-                        notifications::on_exhausted(&**tx, account, p.balance_after, now).await?,
+                        notifications::on_exhausted(tx, account, p.balance_after, now).await?,
                     );
                 }
                 Outcome::Denied(DenyReason::InsufficientTokens)
@@ -265,16 +275,24 @@ async fn record_outcomes(
                 window_ends_at,
                 balance_before,
                 threshold,
+                bought,
                 ..
             } => {
                 let charge_id = charges.of(item)?;
+                let rules: Vec<_> = alert_rules
+                    .iter()
+                    .filter(|r| r.account_id == account.id)
+                    .cloned()
+                    .collect();
                 notes.extend(
                     notifications::on_charge(
-                        &**tx,
+                        tx,
                         account,
                         balance_before,
                         balance_before - tokens,
                         threshold,
+                        &rules,
+                        bought,
                         charge_id,
                         now,
                     )

@@ -4,6 +4,7 @@
 //! its charge at most once.
 
 use super::{SessionView, mark_ended};
+use crate::webhooks::WebhookEvent;
 use crate::access::Actor;
 use crate::conditions;
 use crate::error::{DomainError, Result};
@@ -216,6 +217,16 @@ async fn refund_if_short(
         return Ok(false);
     }
     give_back(tx, &charge, now).await?;
+    let data = serde_json::json!({
+        "chargeId": charge.id.to_string(),
+        "tokens": charge.tokens,
+        "userId": charge.user_id.to_string(),
+        "productId": charge.product_id.to_string(),
+        "sessionId": session.id,
+        "balance": crate::accounts::balance_at(&**tx, charge.account_id, now).await?.get(),
+    });
+    crate::webhooks::record_event(tx, charge.account_id, WebhookEvent::ChargeRefunded, data, now)
+        .await?;
     // The window closes: no open is inside it any more, whatever its clock says.
     window::Entity::delete_many()
         .filter(window::Column::UserId.eq(charge.user_id))

@@ -43,6 +43,10 @@ pub struct Db {
 pub struct WriteTx {
     tx: DatabaseTransaction,
     _gate: Option<OwnedMutexGuard<()>>,
+    /// What to do once the transaction has committed (and only then).
+    after_commit: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// The handle's per-database state, for what runs after the commit.
+    shared: Shared,
 }
 
 impl Deref for WriteTx {
@@ -53,9 +57,35 @@ impl Deref for WriteTx {
 }
 
 impl WriteTx {
+    fn new(tx: DatabaseTransaction, gate: Option<OwnedMutexGuard<()>>, shared: Shared) -> WriteTx {
+        WriteTx {
+            tx,
+            _gate: gate,
+            after_commit: Default::default(),
+            shared,
+        }
+    }
+
+    /// The handle's state of type `T` (as [`Db::shared`]).
+    pub fn shared<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        self.shared.get_or_default()
+    }
+
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
+        let hooks = std::mem::take(&mut *self.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
+        for hook in hooks {
+            hook();
+        }
         Ok(())
+    }
+
+    /// Runs `hook` after this transaction commits; never if it rolls back.
+    pub fn after_commit(&self, hook: impl FnOnce() + Send + 'static) {
+        self.after_commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
     }
 }
 
@@ -215,7 +245,7 @@ impl Db {
                 ..Default::default()
             })
             .await?;
-        Ok(WriteTx { tx, _gate: gate })
+        Ok(WriteTx::new(tx, gate, self.shared.clone()))
     }
 
     /// A write transaction on the records' connection (see [`Db::connect`]): for
@@ -230,7 +260,7 @@ impl Db {
                 ..Default::default()
             })
             .await?;
-        Ok(WriteTx { tx, _gate: gate })
+        Ok(WriteTx::new(tx, gate, self.shared.clone()))
     }
 
     /// Serializes the writers of one account on PostgreSQL (`SELECT … FOR UPDATE` on the
