@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod load;
 pub mod server;
 pub mod smtp;
+pub mod webhook_receiver;
 pub mod ws;
 
 pub use api::Api;

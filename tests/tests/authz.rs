@@ -60,6 +60,11 @@ struct Fixture {
     session_a: String,
     /// One user of A per caller, for `deactivateUser`.
     victims: Vec<String>,
+    /// One alert rule and one webhook endpoint of A per caller, for the deletes.
+    alert_rules: Vec<String>,
+    endpoints: Vec<String>,
+    /// A webhook delivery of A.
+    delivery_a: String,
 }
 
 impl Fixture {
@@ -262,6 +267,66 @@ fn rows() -> Vec<Row> {
             expect: [Unauth, Yes, Forbid, Yes, Refused, Yes],
         },
         Row {
+            field: "account.alertRules",
+            doc: "query($a: ID!) { account(id: $a) { alertRules { id armed } } }",
+            vars: account_a,
+            expect: [Unauth, Forbid, Yes, Yes, Refused, Yes],
+        },
+        Row {
+            field: "account.webhookEndpoints",
+            doc: "query($a: ID!) { account(id: $a) { webhookEndpoints { id url } webhookDeliveries { edges { node { id state } } } } }",
+            vars: account_a,
+            expect: [Unauth, Forbid, Yes, Yes, Refused, Yes],
+        },
+        Row {
+            field: "createAlertRule",
+            doc: "mutation($a: ID) { createAlertRule(input: {threshold: 5, unit: TOKENS}, accountId: $a) { id } }",
+            vars: account_a,
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
+            field: "deleteAlertRule",
+            doc: "mutation($id: ID!) { deleteAlertRule(id: $id) }",
+            vars: |f, i| json!({"id": f.alert_rules[i]}),
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
+            field: "createWebhookEndpoint",
+            doc: "mutation($a: ID) { createWebhookEndpoint(input: {url: \"http://127.0.0.1:9/authz\", events: [PURCHASE_COMPLETED]}, accountId: $a) { secret } }",
+            vars: account_a,
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
+            field: "updateWebhookEndpoint",
+            doc: "mutation($id: ID!) { updateWebhookEndpoint(id: $id, events: [LOT_EXPIRED]) { id } }",
+            vars: |f, _| json!({"id": f.endpoints[0]}),
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
+            field: "rotateWebhookSecret",
+            doc: "mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret } }",
+            vars: |f, _| json!({"id": f.endpoints[0]}),
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
+            field: "sendTestWebhook",
+            doc: "mutation($id: ID!) { sendTestWebhook(endpointId: $id) { id state } }",
+            vars: |f, _| json!({"id": f.endpoints[0]}),
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
+            field: "replayWebhookDelivery",
+            doc: "mutation($id: ID!) { replayWebhookDelivery(id: $id) { id state } }",
+            vars: |f, _| json!({"id": f.delivery_a}),
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
+            field: "deleteWebhookEndpoint",
+            doc: "mutation($id: ID!) { deleteWebhookEndpoint(id: $id) }",
+            vars: |f, i| json!({"id": f.endpoints[i]}),
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
             field: "advanceClock",
             doc: "mutation { advanceClock(hours: 0, minutes: 0) }",
             vars: none,
@@ -353,7 +418,24 @@ async fn fixture(s: &impl Api) -> Fixture {
             json!({}),
         )
         .await["openProduct"]["session"]["id"]);
+    let mut alert_rules = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 0..CALLERS.len() {
+        alert_rules.push(id(&s
+            .ok(Some(&admin_a), "mutation($t: Int!) { createAlertRule(input: {threshold: $t, unit: TOKENS}) { id } }",
+                json!({"t": 10 + i}))
+            .await["createAlertRule"]["id"]));
+        endpoints.push(id(&s
+            .ok(Some(&admin_a), "mutation { createWebhookEndpoint(input: {url: \"http://127.0.0.1:9/authz\", events: [BALANCE_LOW]}) { endpoint { id } } }", json!({}))
+            .await["createWebhookEndpoint"]["endpoint"]["id"]));
+    }
+    let delivery_a = id(&s
+        .ok(Some(&admin_a), "mutation($id: ID!) { sendTestWebhook(endpointId: $id) { id } }", json!({"id": endpoints[0]}))
+        .await["sendTestWebhook"]["id"]);
     Fixture {
+        alert_rules,
+        endpoints,
+        delivery_a,
         session_a,
         account_a,
         admin_a,

@@ -3,6 +3,7 @@
 //! a browser are the `processes` target (`processes/main.rs`). Every test runs on
 //! the database `DAYPASS_TEST_DATABASE` names (SQLite when unset).
 
+mod alerts;
 mod analytics;
 mod authz;
 mod concurrency;
@@ -20,3 +21,4 @@ mod reports;
 mod rules;
 mod scale;
 mod sessions;
+mod webhooks;

@@ -34,29 +34,68 @@ fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// `n` with thousands separators: 12,345.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The console page that shows what an e-mail is about.
+fn page_of(d: &Delivery) -> &'static str {
+    match d.kind {
+        NotificationKind::LowBalance if d.facts.alert.is_some() => "alerts",
+        NotificationKind::WebhookDisabled => "alerts",
+        NotificationKind::ScheduledReport => "usage",
+        NotificationKind::LowBalance
+        | NotificationKind::TokensExhausted
+        | NotificationKind::ExpiryReminder => "balance",
+    }
+}
+
 /// Subject, and body paragraphs (plain text; HTML is derived from them).
 fn wording(d: &Delivery) -> (String, Vec<String>) {
     let f = &d.facts;
     let name = &f.account_name;
     match d.kind {
-        NotificationKind::LowBalance => (
-            format!("Daypass: {name} is low on tokens ({} left)", f.balance),
-            vec![
-                format!(
-                    "The token balance of {name} fell below its low-balance threshold of {} tokens.",
-                    f.threshold.unwrap_or_default()
+        NotificationKind::LowBalance => {
+            let threshold = thousands(f.threshold.unwrap_or_default());
+            let which = match &f.alert {
+                Some(a) if a.unit == "PERCENT" => format!(
+                    "the alert threshold of {threshold} tokens ({}% of the tokens bought in unexpired lots)",
+                    a.setting
                 ),
-                format!("Balance now: {} tokens.", f.balance),
-                "Buy tokens to keep your users' products open.".to_owned(),
-            ],
-        ),
+                Some(_) => format!("the alert threshold of {threshold} tokens"),
+                None => format!("its low-balance threshold of {threshold} tokens"),
+            };
+            (
+                format!(
+                    "Daypass: {name} is low on tokens ({} left)",
+                    thousands(f.balance)
+                ),
+                vec![
+                    format!("The token balance of {name} fell below {which}."),
+                    format!("Balance now: {} tokens.", thousands(f.balance)),
+                    "Buy tokens to keep your users' products open.".to_owned(),
+                ],
+            )
+        }
         NotificationKind::TokensExhausted => (
             format!("Daypass: {name} has run out of tokens"),
             vec![
                 format!(
                     "A user of {name} was refused a product because the account has too few tokens."
                 ),
-                format!("Balance now: {} tokens.", f.balance),
+                format!("Balance now: {} tokens.", thousands(f.balance)),
                 "Access returns as soon as tokens are bought.".to_owned(),
             ],
         ),
@@ -95,14 +134,17 @@ fn wording(d: &Delivery) -> (String, Vec<String>) {
                 lines.push(format!(
                     "Lot {}: {} tokens left, expiring {}.",
                     lot.lot_id,
-                    lot.remaining,
+                    thousands(lot.remaining),
                     lot.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
                 ));
             }
-            lines.push(format!("Balance now: {} tokens.", f.balance));
+            lines.push(format!("Balance now: {} tokens.", thousands(f.balance)));
             let left: i64 = f.lots.iter().map(|l| l.remaining).sum();
             (
-                format!("Daypass: {left} tokens of {name} expire within 90 days"),
+                format!(
+                    "Daypass: {} tokens of {name} expire within 90 days",
+                    thousands(left)
+                ),
                 lines,
             )
         }
@@ -112,7 +154,11 @@ fn wording(d: &Delivery) -> (String, Vec<String>) {
 /// The e-mail for one delivery, to every recipient.
 pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> {
     let (subject, paragraphs) = wording(d);
-    let link = format!("{}/graphql", settings.public_url.trim_end_matches('/'));
+    let link = format!(
+        "{}/#{}",
+        settings.public_url.trim_end_matches('/'),
+        page_of(d)
+    );
     let text = format!("{}\n\nOpen Daypass: {link}\n", paragraphs.join("\n\n"));
     let html = format!(
         "<!doctype html><html><body><h1>{}</h1>{}<p><a href=\"{}\">Open Daypass</a></p></body></html>",
@@ -143,6 +189,14 @@ pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_have_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(-1234567), "-1,234,567");
+    }
     use daypass_domain::notifications::Facts;
 
     #[test]
@@ -175,6 +229,6 @@ mod tests {
             raw.contains("Acme &lt;R&amp;D&gt;"),
             "HTML part escapes the name"
         );
-        assert!(raw.contains("https://daypass.example/graphql"));
+        assert!(raw.contains("https://daypass.example/#balance"));
     }
 }

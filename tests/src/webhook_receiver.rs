@@ -1,0 +1,179 @@
+//! A real HTTP receiver of webhooks on loopback: it records every request, answers
+//! with the status the test sets (after an optional delay), and checks signatures
+//! with the Standard Webhooks reference implementation (the `standardwebhooks`
+//! crate), not with the sender's own code.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: String,
+    pub timestamp: i64,
+    pub signature: String,
+    pub body: String,
+    pub headers: HeaderMap,
+    /// The status the receiver answered (or was about to, if the sender hung up).
+    pub answered: u16,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?}: {e}", self.body))
+    }
+
+    pub fn event_type(&self) -> String {
+        self.json()["type"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Verifies the signature under `secret` as a receiver would, timestamp
+    /// tolerance included (the reference implementation's `verify`).
+    pub fn verify(&self, secret: &str) -> Result<(), String> {
+        let wh = standardwebhooks::Webhook::new(secret).map_err(|e| e.to_string())?;
+        wh.verify(self.body.as_bytes(), &self.headers)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Verifies the signature under `secret` whatever the timestamp (for a service
+    /// whose test clock was moved ahead of the receiver's): the reference
+    /// implementation signs `id.timestamp.body` and one of the header's signatures
+    /// must equal it.
+    pub fn verify_ignoring_time(&self, secret: &str) -> Result<(), String> {
+        let wh = standardwebhooks::Webhook::new(secret).map_err(|e| e.to_string())?;
+        let expected = wh
+            .sign(&self.id, self.timestamp, self.body.as_bytes())
+            .map_err(|e| e.to_string())?;
+        if self.signature.split(' ').any(|s| s == expected) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no signature in {:?} matches {expected}",
+                self.signature
+            ))
+        }
+    }
+}
+
+struct Shared {
+    received: Mutex<Vec<Received>>,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    arrived: tokio::sync::Notify,
+}
+
+pub struct WebhookReceiver {
+    /// Where to point an endpoint: `http://127.0.0.1:<port>/hooks`.
+    pub url: String,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let answered = shared.status.load(Ordering::SeqCst);
+    shared.received.lock().unwrap().push(Received {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp").parse().unwrap_or_default(),
+        signature: header("webhook-signature"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        headers: headers.clone(),
+        answered,
+        at: Instant::now(),
+    });
+    shared.arrived.notify_waiters();
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    StatusCode::from_u16(answered).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+impl WebhookReceiver {
+    /// A receiver answering 204 at once.
+    pub async fn start() -> WebhookReceiver {
+        let shared = Arc::new(Shared {
+            received: Mutex::default(),
+            status: AtomicU16::new(204),
+            delay_ms: AtomicU64::new(0),
+            arrived: tokio::sync::Notify::new(),
+        });
+        let app = Router::new()
+            .route("/hooks", post(receive))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        WebhookReceiver {
+            url: format!("http://127.0.0.1:{port}/hooks"),
+            shared,
+            server,
+        }
+    }
+
+    /// The status every later request is answered with (e.g. 503: down).
+    pub fn set_status(&self, status: u16) {
+        self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// How long the receiver waits before answering.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// The requests answered with a 2xx.
+    pub fn delivered(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .collect()
+    }
+
+    /// Waits until `n` requests have arrived (panics after `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let arrived = self.shared.arrived.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "expected {n} webhook requests within {timeout:?}, got {}: {got:#?}",
+                got.len()
+            );
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
+        }
+    }
+}
