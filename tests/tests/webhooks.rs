@@ -518,3 +518,46 @@ async fn production_sends_nowhere_inward_unless_the_host_is_allowed() {
     let got = receiver.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(got[0].event_type(), "PURCHASE_COMPLETED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_mid_delivery_loses_nothing() {
+    let receiver = WebhookReceiver::start().await;
+    // The receiver holds the request long enough for the server to die under it.
+    receiver.set_delay(Duration::from_secs(5));
+    let (db, _dir) = TestDb::fresh_url().await;
+    let first = TestServer::start_on(&db, &[("DAYPASS_TEST_CLOCK", "1")]).await;
+    let acct = account(&first, "Crashing").await;
+    endpoint(&first, &acct.admin, &receiver.url, "[PURCHASE_COMPLETED]").await;
+    buy(&first, &acct.admin, 10).await;
+    let in_flight = receiver.wait_for(1, Duration::from_secs(20)).await[0].clone();
+    // SIGKILL while the POST waits for its answer.
+    drop(first);
+    receiver.set_delay(Duration::ZERO);
+    let second = TestServer::start_on(&db, &[("DAYPASS_TEST_CLOCK", "1")]).await;
+    let log = deliveries(&second, &acct).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["state"], "PENDING", "the attempt never finished: {log:#?}");
+    // After the dead sender's lease, the delivery is tried again, same webhook-id.
+    advance(&second, 0, 2).await;
+    run_maintenance(&second).await;
+    let log = wait_log(&second, &acct, Duration::from_secs(20), |l| {
+        l[0]["state"] == "DELIVERED"
+    })
+    .await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 2, "the cut-short request and the retry: {got:#?}");
+    assert_eq!(got[1].id, in_flight.id, "the same webhook-id");
+    assert_eq!(got[1].body, in_flight.body, "the same body");
+    let attempts = log[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{log:#?}");
+    assert_eq!(attempts[0]["status"], Value::Null);
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains("sender stopped"),
+        "{attempts:?}"
+    );
+    assert_eq!(attempts[1]["status"], 204);
+    // Nothing more is sent afterwards.
+    advance(&second, 2, 0).await;
+    run_maintenance(&second).await;
+    assert_eq!(receiver.received().len(), 2);
+}
