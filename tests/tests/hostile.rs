@@ -36,6 +36,10 @@ async fn snapshot(db: &Db) -> Vec<(String, i64)> {
         "opens",
         "subscriptions",
         "notifications",
+        "alert_rules",
+        "webhook_endpoints",
+        "webhook_events",
+        "webhook_deliveries",
     ] {
         let row = db
             .conn()
@@ -186,6 +190,17 @@ async fn a_corpus_of_hostile_requests_is_refused_and_changes_nothing() {
         ("SQL in an e-mail", Some(admin), doc("mutation($e: String!) { createUser(input: {email: $e, name: \"X\", role: MEMBER}) { apiKey } }".into(), json!({"e": "x'); DROP TABLE users; --"}))),
         ("SQL in a product code", op, doc("mutation($c: String!) { upsertProduct(input: {code: $c, name: \"X\", dailyRate: 1}) { id } }".into(), json!({"c": "x'; DROP TABLE lots; --"}))),
         ("SQL in an idempotency key and a huge quantity", Some(admin), doc("mutation($k: String!) { purchaseTokens(input: {quantity: 2147483647, idempotencyKey: $k}) { id } }".into(), json!({"k": "'; DELETE FROM lots; --"}))),
+        ("an alert rule of -1 tokens", Some(admin), doc("mutation { createAlertRule(input: {threshold: -1, unit: TOKENS}) { id } }".into(), json!({}))),
+        ("an alert rule of 1,000 percent", Some(admin), doc("mutation { createAlertRule(input: {threshold: 1000, unit: PERCENT}) { id } }".into(), json!({}))),
+        ("an alert rule to 10,000 addresses", Some(admin), doc("mutation($r: [String!]) { createAlertRule(input: {threshold: 5, unit: TOKENS, extraRecipients: $r}) { id } }".into(), json!({"r": (0..10_000).map(|i| format!("x{i}@hostile.test")).collect::<Vec<_>>()}))),
+        ("an alert rule to a header injection", Some(admin), doc("mutation($r: [String!]) { createAlertRule(input: {threshold: 5, unit: TOKENS, extraRecipients: $r}) { id } }".into(), json!({"r": ["a@b.test\r\nBcc: all@evil.test"]}))),
+        ("a webhook to the metadata service", Some(admin), doc("mutation { createWebhookEndpoint(input: {url: \"http://169.254.169.254/latest/\", events: [BALANCE_LOW]}) { secret } }".into(), json!({}))),
+        ("a webhook to loopback by name", Some(admin), doc("mutation { createWebhookEndpoint(input: {url: \"http://localhost:8080/graphql\", events: [BALANCE_LOW]}) { secret } }".into(), json!({}))),
+        ("a webhook to IPv4 in IPv6", Some(admin), doc("mutation { createWebhookEndpoint(input: {url: \"http://[::ffff:127.0.0.1]/\", events: [BALANCE_LOW]}) { secret } }".into(), json!({}))),
+        ("a webhook to a file", Some(admin), doc("mutation { createWebhookEndpoint(input: {url: \"file:///etc/passwd\", events: [BALANCE_LOW]}) { secret } }".into(), json!({}))),
+        ("a webhook with a 1 MB URL", Some(admin), doc("mutation($u: String!) { createWebhookEndpoint(input: {url: $u, events: [BALANCE_LOW]}) { secret } }".into(), json!({"u": format!("https://example.com/{}", "a".repeat(1 << 20))}))),
+        ("a replay of a forged delivery id", Some(admin), doc("mutation { replayWebhookDelivery(id: \"1 OR 1=1\") { id } }".into(), json!({}))),
+        ("a test event to another id", Some(admin), doc("mutation { sendTestWebhook(endpointId: \"999999\") { id } }".into(), json!({}))),
         ("a forged key", Some("dp_forgedforgedforgedforgedforgedforgedforged"), doc(format!("mutation {{ {create_user} }}"), json!({}))),
         ("a truncated key", Some(truncated), doc(format!("mutation {{ {create_user} }}"), json!({}))),
         ("no key", None, doc(format!("mutation {{ {create_user} }}"), json!({}))),
