@@ -67,6 +67,9 @@ struct Shared {
     received: Mutex<Vec<Received>>,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
     arrived: tokio::sync::Notify,
 }
 
@@ -102,10 +105,13 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         at: Instant::now(),
     });
     shared.arrived.notify_waiters();
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.most_in_flight.fetch_max(now, Ordering::SeqCst);
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     StatusCode::from_u16(answered).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
@@ -116,6 +122,8 @@ impl WebhookReceiver {
             received: Mutex::default(),
             status: AtomicU16::new(204),
             delay_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
             arrived: tokio::sync::Notify::new(),
         });
         let app = Router::new()
@@ -143,6 +151,11 @@ impl WebhookReceiver {
         self.shared
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The most requests the receiver was answering at once.
+    pub fn most_in_flight(&self) -> u64 {
+        self.shared.most_in_flight.load(Ordering::SeqCst)
     }
 
     /// Every request so far, in arrival order.

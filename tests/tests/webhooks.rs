@@ -561,3 +561,68 @@ async fn a_sender_killed_mid_delivery_loses_nothing() {
     run_maintenance(&second).await;
     assert_eq!(receiver.received().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_holds_up_neither_other_endpoints_nor_email_nor_charges() {
+    let smtp = SmtpServer::start().await;
+    let slow = WebhookReceiver::start().await;
+    slow.set_delay(Duration::from_secs(4));
+    let fast = WebhookReceiver::start().await;
+    let smtp_url = smtp.url();
+    let s = TestServer::start_with(&[("DAYPASS_SMTP_URL", smtp_url.as_str())]).await;
+    s.upsert_product("cad", 10).await;
+    let acct = account(&s, "Isolated").await;
+    endpoint(&s, &acct.admin, &slow.url, "[PURCHASE_COMPLETED, BALANCE_LOW]").await;
+    endpoint(&s, &acct.admin, &fast.url, "[PURCHASE_COMPLETED, BALANCE_LOW]").await;
+    for _ in 0..12 {
+        buy(&s, &acct.admin, 10).await;
+    }
+    // Twelve purchases: the slow endpoint has at most 4 at once; the fast one gets
+    // all twelve while the slow one still holds its first requests.
+    fast.wait_for(12, Duration::from_secs(5)).await;
+    slow.wait_for(4, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(slow.most_in_flight(), 4, "per-endpoint limit");
+    assert_eq!(slow.received().len(), 4, "the rest wait for a free slot");
+    // Charges and their e-mail go on: 120 bought, threshold 24; ten members
+    // charge 10 each, down to 20.
+    let mut keys = Vec::new();
+    for i in 0..10 {
+        keys.push(member(&s, &acct, &format!("m{i}@isolated.test")).await);
+    }
+    let started = Instant::now();
+    for key in &keys {
+        assert_eq!(open(&s, key, "cad").await["granted"], true);
+    }
+    let opened = started.elapsed();
+    assert!(opened < Duration::from_secs(5), "ten opens took {opened:?}");
+    let mail = smtp.wait_for(1, Duration::from_secs(5)).await;
+    assert!(mail[0].subject().contains("low on tokens"), "{}", mail[0].subject());
+    fast.wait_for(13, Duration::from_secs(5)).await;
+    // In the end the slow endpoint gets every event too.
+    let got = slow.wait_for(13, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 13);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_sending_at_once_deliver_each_event_once() {
+    let receiver = WebhookReceiver::start().await;
+    receiver.set_delay(Duration::from_millis(50));
+    let (db, _dir) = TestDb::fresh_url().await;
+    let one = TestServer::start_on(&db, &[]).await;
+    let two = TestServer::start_on(&db, &[]).await;
+    let acct = account(&one, "Twice").await;
+    endpoint(&one, &acct.admin, &receiver.url, "[PURCHASE_COMPLETED]").await;
+    let buys = (0..30).map(|i| {
+        let server = if i % 2 == 0 { &one } else { &two };
+        buy(server, &acct.admin, 10)
+    });
+    futures::future::join_all(buys).await;
+    let got = receiver.wait_for(30, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got_after = receiver.received();
+    assert_eq!(got_after.len(), got.len().max(30), "nothing sent twice: {}", got_after.len());
+    let ids: std::collections::BTreeSet<&String> = got_after.iter().map(|r| &r.id).collect();
+    assert_eq!(ids.len(), 30);
+    assert_eq!(got_after.len(), 30);
+}
