@@ -1,6 +1,7 @@
 // The Daypass console: one page over the public GraphQL API. Every rule stays in the
 // server; this file only asks, shows and sends what a person chose.
 
+import { clearAlerts, loadAlerts } from "./alerts.js";
 import { Api, ApiError, LiveSubscription, accountOf, allPages, explain } from "./api.js";
 import { drawDays, drawLots, drawProducts } from "./charts.js";
 import { clearSessions, loadSessions } from "./sessions.js";
@@ -19,10 +20,11 @@ const PAGES = {
   people: ["ADMIN", "ANALYST", "OPERATOR"],
   buy: ["ADMIN", "OPERATOR"],
   notifications: ["ADMIN", "ANALYST", "OPERATOR"],
+  alerts: ["ADMIN", "ANALYST", "OPERATOR"],
 };
 const PAGE_NAMES = {
   balance: "the balance", usage: "usage", spending: "spending", people: "people",
-  buy: "buying tokens", notifications: "notifications",
+  buy: "buying tokens", notifications: "notifications", alerts: "alerts and webhooks",
 };
 const ROLE_NAMES = { ADMIN: "Admin", ANALYST: "Analyst", MEMBER: "Member", OPERATOR: "Operator" };
 
@@ -110,6 +112,7 @@ function signOut(message) {
   sessionStorage.removeItem(KEY_STORAGE);
   S.live?.close();
   clearSessions();
+  clearAlerts();
   Object.assign(S, { api: null, role: null, viewer: null, live: null, balance: null, threshold: null, capacity: null, accountId: null, page: null });
   $("#who").hidden = true;
   $("#nav").hidden = true;
@@ -841,6 +844,9 @@ async function loadNotifications(more = false) {
 }
 LOADERS.notifications = () => loadNotifications(false);
 $("#notifications-more").addEventListener("click", () => guard(() => loadNotifications(true), $("#page-notifications")));
+
+// Alerts & webhooks: alerts.js and webhooks.js.
+LOADERS.alerts = () => loadAlerts({ api: S.api, accountId: acct(), role: S.role, user: S.viewer.user, manage: canManage() });
 
 // ---------------------------------------------------------------- keyboard
 

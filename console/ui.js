@@ -65,3 +65,48 @@ export async function guard(fn, busy) {
     if (busy) busy.removeAttribute("aria-busy");
   }
 }
+
+/**
+ * Runs `fn` for `form`, once at a time: a refusal from Daypass is shown in `errorBox`
+ * beside the form (in the words of `explain`), and what the person typed stays as it
+ * was; any other failure goes to the page's alert. Returns `fn`'s value, or
+ * undefined when it failed or the form was already busy.
+ */
+export async function guardForm(form, errorBox, fn) {
+  if (form.hasAttribute("aria-busy")) return undefined;
+  fieldError(errorBox, null);
+  form.setAttribute("aria-busy", "true");
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof ApiError) fieldError(errorBox, e);
+    else showError(e);
+    return undefined;
+  } finally {
+    form.removeAttribute("aria-busy");
+  }
+}
+
+/** Shows `err` (an ApiError or a sentence) in `box`, or empties and hides it (null). */
+export function fieldError(box, err) {
+  box.replaceChildren();
+  box.hidden = !err;
+  if (!err) return;
+  box.append(typeof err === "string" ? err : err.message);
+  if (err.requestId) box.append(el("span", { class: "small block", text: `Request id: ${err.requestId}` }));
+}
+
+/**
+ * Redraws a table with `draw` and keeps the keyboard focus on the same row's same
+ * control (rows carry `data-key`, controls `data-action`); when that control is gone,
+ * on `fallback`.
+ */
+export function keepFocus(table, draw, fallback) {
+  const active = document.activeElement;
+  const row = active?.closest?.(`#${table.id} tr[data-key]`);
+  const action = active?.dataset?.action;
+  draw();
+  if (!row || !action) return;
+  const again = $(`#${table.id} tr[data-key="${CSS.escape(row.dataset.key)}"] [data-action="${action}"]`);
+  (again || fallback).focus();
+}

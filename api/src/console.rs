@@ -32,13 +32,15 @@ macro_rules! asset {
 const JS: &str = "text/javascript; charset=utf-8";
 
 /// Every file the page loads; anything else under `/console/` is a 404.
-static ASSETS: [Asset; 11] = [
+static ASSETS: [Asset; 13] = [
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.js", JS),
+    asset!("alerts.js", JS),
     asset!("api.js", JS),
     asset!("charts.js", JS),
     asset!("sessions.js", JS),
     asset!("ui.js", JS),
+    asset!("webhooks.js", JS),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
     asset!("vendor/chart.umd.min.js", JS),

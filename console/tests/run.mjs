@@ -1,7 +1,10 @@
 // Browser tests of the console: Debian's Chromium, headless, driven by playwright-core
-// against the real daypass binary. tests/tests/processes/console.rs starts the server,
-// seeds it over GraphQL and runs this file with the seed in DAYPASS_CONSOLE_SEED (JSON):
-//   { url, adminKey, analystKey, memberKey, operatorKey, now, expect: {...}, users: {...} }
+// against the real daypass binary. tests/tests/processes/console.rs starts the server
+// and a webhook receiver, seeds the server over GraphQL and runs this file with the
+// seed in DAYPASS_CONSOLE_SEED (JSON):
+//   { url, adminKey, analystKey, memberKey, operatorKey, now, webhookUrl, webhookLog,
+//     expect: {...} }
+// The Alerts & webhooks page's steps are in alerts.mjs.
 // Screenshots go to DAYPASS_CONSOLE_SCREENSHOTS (printed at the start and the end).
 // Every page the story visits is also checked with axe-core against WCAG 2.0/2.1 A
 // and AA; a violation fails its step. Exit 0 when every step passed.
@@ -10,6 +13,7 @@ import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
+import { adminAlerts, analystAlerts, memberAlerts, operatorAlerts } from "./alerts.mjs";
 
 const seed = JSON.parse(process.env.DAYPASS_CONSOLE_SEED || "null");
 if (!seed) {
@@ -269,6 +273,16 @@ let exitCode = 0;
 try {
   const page = await newPage(browser, LAPTOP, "laptop");
   let balance = E.balance;
+  /** What alerts.mjs needs of this file. */
+  const t = {
+    seed, E, page, step, eq, assert, waitFor, text, visible, gql, go, shot, a11y, focusIs,
+    /** A phone-sized window signed in with `key`; `done()` closes it. */
+    phone: async (key) => {
+      const p = await newPage(browser, PHONE, "phone");
+      await signIn(p, key);
+      return { page: p, done: async () => { await p.context().close(); pages.splice(pages.indexOf(p), 1); } };
+    },
+  };
 
   await step("the sign-in page is served at / with its assets under a strict CSP", async () => {
     const resp = await page.goto(seed.url);
@@ -563,7 +577,7 @@ try {
     // just before the page.
     await focusIs(page, "the Notifications heading", (f) => f.id === "notifications-title");
     const link = await tabTo(page, "the navigation", (f) => f.page != null, { back: true, max: 5 });
-    eq(link.page, "notifications", "the navigation's last link comes first going back");
+    eq(link.page, "alerts", "the navigation's last link comes first going back");
     await tabTo(page, "the Buy tokens link", (f) => f.page === "buy", { back: true, max: 3 });
     await page.keyboard.press("Enter");
     await page.waitForFunction(() => !document.querySelector("#page-buy").hidden
@@ -701,6 +715,8 @@ try {
     pages.splice(pages.indexOf(phone), 1);
   });
 
+  await adminAlerts(t);
+
   await step("sign out forgets the key", async () => {
     await page.click("#sign-out");
     await page.waitForSelector("#signin-key");
@@ -736,6 +752,7 @@ try {
     assert(num(await text(page, "#sp-tokens")) > 0, "the analyst reads spending");
     await a11y(page, "Spending (analyst)");
   });
+  await analystAlerts(t);
 
   await step("a member sees the balance and their own usage only", async () => {
     await page.click("#sign-out");
@@ -757,6 +774,7 @@ try {
     await shot(page, "member-usage", "Usage as a member: their own");
     await a11y(page, "Usage (member)");
   });
+  await memberAlerts(t);
 
   await step("the operator picks an account and sees its balance", async () => {
     await page.click("#sign-out");
@@ -812,6 +830,7 @@ try {
     await waitFor("every product again on the page", async () => (await text(page, "#account-products")) === "Every catalog product.");
     eq(await listed(), null, "the account-wide list removed over the API");
   });
+  await operatorAlerts(t);
 
   await step("no script error, CSP violation or failed load in the browser console", async () => {
     eq(consoleErrors, [], "browser console errors");

@@ -4,6 +4,7 @@
 //! and `console/node_modules` (`npm ci` in `console/`): without them the browser test
 //! says SKIP, and fails under CI.
 
+use crate::webhook_receiver::WebhookReceiver;
 use chrono::Duration;
 use daypass_tests::json::{at, id, int};
 use daypass_tests::server::OPERATOR_KEY;
@@ -52,10 +53,12 @@ async fn console_files_are_served_with_a_strict_policy() {
 
     for (path, content_type) in [
         ("/console/app.js", "text/javascript; charset=utf-8"),
+        ("/console/alerts.js", "text/javascript; charset=utf-8"),
         ("/console/api.js", "text/javascript; charset=utf-8"),
         ("/console/charts.js", "text/javascript; charset=utf-8"),
         ("/console/sessions.js", "text/javascript; charset=utf-8"),
         ("/console/ui.js", "text/javascript; charset=utf-8"),
+        ("/console/webhooks.js", "text/javascript; charset=utf-8"),
         ("/console/style.css", "text/css; charset=utf-8"),
         ("/console/favicon.svg", "image/svg+xml"),
         (
@@ -296,14 +299,17 @@ const KEYBOARD_PURCHASE: i64 = 250;
 /// spending, restrict a user and add one, read the notifications, buy and use the
 /// product dialog with the keyboard alone, use a phone-sized window, find an
 /// analyst's and a member's console without what their role may not do, and change
-/// an account's product list as the operator; axe-core checks every page against
-/// WCAG 2.1 A and AA; screenshots of each page.
+/// an account's product list as the operator; add alert rules and a webhook endpoint on
+/// a receiver on loopback, send it a test event, rotate its secret and replay, and
+/// find the Alerts & webhooks page read-only for an analyst and absent for a member;
+/// axe-core checks every page against WCAG 2.1 A and AA; screenshots of each page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() {
     let Some((node, chromium)) = browser_tools() else {
         return;
     };
     let smtp = SmtpServer::start().await;
+    let receiver = WebhookReceiver::start().await;
     let s = TestServer::start_with(&[
         ("DAYPASS_TEST_CLOCK", "1"),
         ("DAYPASS_SMTP_URL", &smtp.url()),
@@ -452,6 +458,8 @@ async fn console_in_a_real_browser() {
         "memberKey": cleo.key,
         "operatorKey": OPERATOR_KEY,
         "restrictKey": ben.key,
+        "webhookUrl": receiver.url(WEBHOOK_PATH),
+        "webhookLog": receiver.url("/received"),
         "expect": {
             "accountId": account_id,
             "accountName": "Acme Engineering",
@@ -466,6 +474,7 @@ async fn console_in_a_real_browser() {
             "byProduct": tally.by_product,
             "deniedEmail": dev.email,
             "memberEmail": cleo.email,
+            "analystEmail": ann.email,
             "restrictEmail": ben.email,
             "allowedProductId": product_id("viz"),
             "allowedProductName": "Viz Render",
@@ -549,5 +558,84 @@ async fn console_in_a_real_browser() {
         after,
         balance + 100 + 1000 + KEYBOARD_PURCHASE,
         "the three purchases of the browser test"
+    );
+    alerts_made_in_the_browser(&s, &admin.key, &account_id, &receiver).await;
+}
+
+/// Where the browser test points its webhook endpoint, on the receiver.
+const WEBHOOK_PATH: &str = "/hooks/daypass";
+
+/// What the admin did on the Alerts & webhooks page holds for the API, and the
+/// receiver got the test event, and its replay, as Standard Webhooks describes.
+async fn alerts_made_in_the_browser(
+    s: &TestServer,
+    admin_key: &str,
+    account_id: &str,
+    receiver: &WebhookReceiver,
+) {
+    let d = s
+        .ok(
+            Some(admin_key),
+            "{ account { alertRules { threshold unit includeAdmins extraRecipients }
+                         webhookEndpoints { url events enabled } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        d["account"]["alertRules"],
+        json!([{"threshold": 15, "unit": "PERCENT", "includeAdmins": false,
+                "extraRecipients": ["ops@acme.test", "cfo@acme.test"]}]),
+        "the rule left by the browser test"
+    );
+    assert_eq!(
+        d["account"]["webhookEndpoints"],
+        json!([{"url": receiver.url(WEBHOOK_PATH), "events": ["BALANCE_LOW", "PURCHASE_COMPLETED"], "enabled": true}]),
+        "the endpoint left by the browser test"
+    );
+
+    let tests: Vec<_> = receiver
+        .posts()
+        .into_iter()
+        .filter(|r| r.path == WEBHOOK_PATH)
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).expect("a JSON body");
+            (r, body)
+        })
+        .filter(|(_, body)| body["type"] == "TEST")
+        .collect();
+    assert_eq!(tests.len(), 2, "the test event and its replay");
+    for (r, body) in &tests {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.headers["content-type"], "application/json");
+        let id = &r.headers["webhook-id"];
+        assert_eq!(
+            body["id"],
+            json!(id),
+            "webhook-id is the event's id: {body}"
+        );
+        assert!(
+            r.headers["webhook-timestamp"].parse::<i64>().is_ok(),
+            "webhook-timestamp in Unix seconds: {:?}",
+            r.headers
+        );
+        assert!(
+            r.headers["webhook-signature"].starts_with("v1,"),
+            "webhook-signature: {:?}",
+            r.headers
+        );
+        assert_eq!(body["accountId"], account_id, "{body}");
+    }
+    assert_eq!(
+        tests[0].0.headers["webhook-id"], tests[1].0.headers["webhook-id"],
+        "a replay keeps the webhook-id"
+    );
+    // After the rotation, the old secret signs beside the new one.
+    assert_eq!(
+        tests[1].0.headers["webhook-signature"]
+            .split(' ')
+            .filter(|s| s.starts_with("v1,"))
+            .count(),
+        2,
+        "two signatures after a rotation"
     );
 }

@@ -12,3 +12,4 @@ mod docker;
 mod load_bench;
 mod scale_out;
 mod startup;
+mod webhook_receiver;
