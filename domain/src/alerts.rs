@@ -8,7 +8,9 @@ use crate::store::Db;
 use crate::units::Tokens;
 use chrono::{DateTime, Utc};
 use daypass_entity::alert_rule;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+};
 
 crate::vocabulary::vocabulary!(AlertUnit { Tokens => "TOKENS", Percent => "PERCENT" });
 
@@ -119,7 +121,9 @@ pub struct NewAlertRule {
 
 fn validate(input: NewAlertRule) -> Result<NewAlertRule> {
     match input.unit {
-        AlertUnit::Tokens if !(0..=rules::MAX_PURCHASE_QUANTITY * 1000).contains(&input.threshold) => {
+        AlertUnit::Tokens
+            if !(0..=rules::MAX_PURCHASE_QUANTITY * 1000).contains(&input.threshold) =>
+        {
             return Err(DomainError::bad_input(
                 "a threshold in tokens must be between 0 and 50,000,000",
             ));
@@ -199,7 +203,9 @@ pub async fn delete_alert_rule(db: &Db, actor: &Actor, id: i32) -> Result<bool> 
         .one(db.conn())
         .await?
         .ok_or_else(not_found)?;
-    actor.can_see_account(rule.account_id).map_err(|_| not_found())?;
+    actor
+        .can_see_account(rule.account_id)
+        .map_err(|_| not_found())?;
     actor.can_manage(rule.account_id)?;
     let tx = db.begin_write().await?;
     db.lock_account(&tx, rule.account_id).await?;

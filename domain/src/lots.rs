@@ -1,6 +1,5 @@
 //! Lots: buying tokens (rules 1, 4, 5), reading them, and the expiry sweep (rule 2).
 
-use crate::webhooks::WebhookEvent;
 use crate::access::Actor;
 use crate::catalog::{self, load_price_list};
 use crate::conditions;
@@ -11,6 +10,7 @@ use crate::store::Db;
 use crate::store::balance_feed::announce_balance_change;
 use crate::store::find_account;
 use crate::vocabulary::{LedgerKind, LotStatus};
+use crate::webhooks::WebhookEvent;
 use chrono::{DateTime, Utc};
 use daypass_entity::{ledger_entry, lot};
 use sea_orm::{
@@ -169,6 +169,17 @@ pub async fn purchase(
     .insert(&*tx)
     .await?;
     announce_balance_change(&*tx, account_id).await?;
+    record_purchase_event(&tx, &lot, now).await?;
+    tx.commit().await?;
+    Ok(LotView::at(lot, now))
+}
+
+/// Rule 26: PURCHASE_COMPLETED, in the purchase's transaction.
+async fn record_purchase_event(
+    tx: &crate::store::WriteTx,
+    lot: &lot::Model,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let data = serde_json::json!({
         "lotId": lot.id.to_string(),
         "tokens": lot.quantity,
@@ -177,11 +188,17 @@ pub async fn purchase(
         "currency": lot.currency,
         "purchasedAt": lot.purchased_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "expiresAt": lot.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "balance": crate::accounts::balance_at(&*tx, account_id, now).await?.get(),
+        "balance": crate::accounts::balance_at(&**tx, lot.account_id, now).await?.get(),
     });
-    crate::webhooks::record_event(&tx, account_id, WebhookEvent::PurchaseCompleted, data, now).await?;
-    tx.commit().await?;
-    Ok(LotView::at(lot, now))
+    crate::webhooks::record_event(
+        tx,
+        lot.account_id,
+        WebhookEvent::PurchaseCompleted,
+        data,
+        now,
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn list_lots(

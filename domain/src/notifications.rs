@@ -9,9 +9,9 @@ use crate::conditions;
 use crate::error::{DomainError, Result};
 use crate::page::{Page, PageRequest};
 use crate::store::{Db, WriteTx};
-use crate::webhooks::{self, WebhookEvent};
 use crate::units::{ChargeId, NotificationId, Tokens};
 use crate::vocabulary::Role;
+use crate::webhooks::{self, WebhookEvent};
 use chrono::{DateTime, Duration, Utc};
 use daypass_entity::{account, lot, notification, user};
 use sea_orm::{
@@ -222,7 +222,10 @@ pub(crate) async fn on_charge(
             ..Facts::default()
         };
         let (key, recipients) = match crossing.rule {
-            None => (format!("low-balance:charge:{charge_id}"), Recipients::admins()),
+            None => (
+                format!("low-balance:charge:{charge_id}"),
+                Recipients::admins(),
+            ),
             Some(rule) => (
                 format!("alert:{}:charge:{charge_id}", rule.id),
                 Recipients {
@@ -325,8 +328,7 @@ pub async fn record_expiry_reminders(db: &Db, now: DateTime<Utc>) -> Result<Vec<
             at: now,
             ..Facts::default()
         };
-        if let Some(id) =
-            insert_once(
+        if let Some(id) = insert_once(
             &*tx,
             NotificationKind::ExpiryReminder,
             key,

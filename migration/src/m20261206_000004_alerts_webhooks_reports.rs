@@ -145,7 +145,9 @@ impl MigrationTrait for Migration {
                 .col(boolean(WebhookEndpoints::Enabled))
                 .col(text_null(WebhookEndpoints::DisabledReason))
                 // The first failed attempt since the last delivery.
-                .col(timestamp_with_time_zone_null(WebhookEndpoints::FailingSince))
+                .col(timestamp_with_time_zone_null(
+                    WebhookEndpoints::FailingSince,
+                ))
                 .col(timestamp_with_time_zone(WebhookEndpoints::CreatedAt))
                 .foreign_key(&mut to_account(
                     WebhookEndpoints::Table,
@@ -192,7 +194,9 @@ impl MigrationTrait for Migration {
                 .col(integer(WebhookDeliveries::Attempts).default(0))
                 .col(timestamp_with_time_zone(WebhookDeliveries::NextAttemptAt))
                 .col(timestamp_with_time_zone_null(WebhookDeliveries::LeaseUntil))
-                .col(timestamp_with_time_zone_null(WebhookDeliveries::DeliveredAt))
+                .col(timestamp_with_time_zone_null(
+                    WebhookDeliveries::DeliveredAt,
+                ))
                 .col(timestamp_with_time_zone(WebhookDeliveries::CreatedAt))
                 .foreign_key(
                     ForeignKey::create()

@@ -15,7 +15,9 @@ mod recorder;
 
 pub use http::{metrics_response, readyz_response, router};
 pub use readiness::{NotReady, QueueDepth, QueueProbe, check_ready};
-pub use recorder::{metrics_handle, record_cron_job, record_email, record_job, record_webhook, render_metrics};
+pub use recorder::{
+    metrics_handle, record_cron_job, record_email, record_job, record_webhook, render_metrics,
+};
 
 use std::time::Duration;
 

@@ -68,7 +68,10 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
         .await;
     let account = id(&d["createAccount"]["account"]["id"]);
     let admin = id(&d["createAccount"]["adminApiKey"]);
-    let analyst = s.create_user(&admin, "an@alerting.test", "An", "ANALYST").await.1;
+    let analyst = s
+        .create_user(&admin, "an@alerting.test", "An", "ANALYST")
+        .await
+        .1;
     let mut keys = Vec::new();
     let mut ids = Vec::new();
     for i in 0..15 {
@@ -96,8 +99,12 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
         json!({}),
     )
     .await;
-    s.ok(Some(&admin), "mutation { setLowBalanceThreshold(tokens: 55) { id } }", json!({}))
-        .await;
+    s.ok(
+        Some(&admin),
+        "mutation { setLowBalanceThreshold(tokens: 55) { id } }",
+        json!({}),
+    )
+    .await;
     // 60 tokens, to the admins and the finance team; 30% of 100 bought = 30 tokens,
     // to finance only.
     let sixty = rule(
@@ -115,7 +122,11 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
     )
     .await;
     assert_eq!(thirty["unit"], "PERCENT");
-    assert_eq!(rules(&s, &analyst, &account).await.len(), 2, "analysts read rules");
+    assert_eq!(
+        rules(&s, &analyst, &account).await.len(),
+        2,
+        "analysts read rules"
+    );
 
     // 100 → … → 60: nothing. 60 → 50 crosses 60 (the rule) and 55 (rule 14) in
     // one charge: two e-mails, two events.
@@ -131,11 +142,18 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
         to,
         vec![
             vec!["boss@alerting.test".to_owned()],
-            vec!["boss@alerting.test".to_owned(), "finance@alerting.test".to_owned()],
+            vec![
+                "boss@alerting.test".to_owned(),
+                "finance@alerting.test".to_owned()
+            ],
         ]
     );
     let rule_mail = mails.iter().find(|m| m.to.len() == 2).unwrap();
-    assert!(rule_mail.text().contains("alert threshold of 60 tokens"), "{}", rule_mail.text());
+    assert!(
+        rule_mail.text().contains("alert threshold of 60 tokens"),
+        "{}",
+        rule_mail.text()
+    );
     assert!(rule_mail.text().contains("Alerting Co"));
     assert!(rule_mail.text().contains("https://daypass.test/#alerts"));
     assert!(rule_mail.html().contains("<p>"), "plain text and HTML");
@@ -159,10 +177,18 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
     assert_eq!(charge(&s, &keys[7]).await, 20);
     let mails = smtp.wait_for(3, Duration::from_secs(20)).await;
     assert_eq!(mails[2].to, vec!["finance@alerting.test".to_owned()]);
-    assert!(mails[2].text().contains("30% of the tokens bought"), "{}", mails[2].text());
+    assert!(
+        mails[2].text().contains("30% of the tokens bought"),
+        "{}",
+        mails[2].text()
+    );
     assert_eq!(charge(&s, &keys[8]).await, 10);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(smtp.messages().len(), 3, "below every threshold: nothing more");
+    assert_eq!(
+        smtp.messages().len(),
+        3,
+        "below every threshold: nothing more"
+    );
 
     // Buying 100 brings 110 of 200 bought: 60 and 55 re-armed; 30% of 200 = 60 is
     // not (110 ≥ 60, so it is armed too). 110 → 100 → … → 50 crosses all three.
@@ -172,7 +198,12 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
         json!({}),
     )
     .await;
-    assert!(rules(&s, &admin, &account).await.iter().all(|r| r["armed"] == true));
+    assert!(
+        rules(&s, &admin, &account)
+            .await
+            .iter()
+            .all(|r| r["armed"] == true)
+    );
     let mut balance = 110;
     for key in &keys[9..] {
         balance = charge(&s, key).await;
@@ -182,7 +213,12 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
     }
     assert_eq!(balance, 50);
     let mails = smtp.wait_for(6, Duration::from_secs(20)).await;
-    assert_eq!(mails.len(), 6, "one per threshold: {:#?}", mails.iter().map(|m| m.subject()).collect::<Vec<_>>());
+    assert_eq!(
+        mails.len(),
+        6,
+        "one per threshold: {:#?}",
+        mails.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,24 +246,58 @@ async fn rules_are_validated_limited_and_kept_to_their_account() {
         json!({"threshold": 5, "unit": "TOKENS", "includeAdmins": false}),
         json!({"threshold": 5, "unit": "TOKENS", "extraRecipients": (0..11).map(|i| format!("x{i}@y.test")).collect::<Vec<_>>()}),
     ] {
-        assert_eq!(s.error_code(Some(a), create, json!({"i": bad})).await, "BAD_USER_INPUT", "{bad}");
+        assert_eq!(
+            s.error_code(Some(a), create, json!({"i": bad})).await,
+            "BAD_USER_INPUT",
+            "{bad}"
+        );
     }
     assert_eq!(
-        s.error_code(Some(&member), create, json!({"i": {"threshold": 5, "unit": "TOKENS"}})).await,
+        s.error_code(
+            Some(&member),
+            create,
+            json!({"i": {"threshold": 5, "unit": "TOKENS"}})
+        )
+        .await,
         "FORBIDDEN"
     );
     let mut made = Vec::new();
     for t in 0..10 {
-        made.push(id(&s.ok(Some(a), create, json!({"i": {"threshold": t, "unit": "TOKENS"}})).await["createAlertRule"]["id"]));
+        made.push(id(&s
+            .ok(
+                Some(a),
+                create,
+                json!({"i": {"threshold": t, "unit": "TOKENS"}}),
+            )
+            .await["createAlertRule"]["id"]));
     }
     assert_eq!(
-        s.error_code(Some(a), create, json!({"i": {"threshold": 99, "unit": "TOKENS"}})).await,
+        s.error_code(
+            Some(a),
+            create,
+            json!({"i": {"threshold": 99, "unit": "TOKENS"}})
+        )
+        .await,
         "CONFLICT",
         "ten rules at most"
     );
     let delete = "mutation($id: ID!) { deleteAlertRule(id: $id) }";
-    assert_eq!(s.error_code(Some(b), delete, json!({"id": made[0]})).await, "NOT_FOUND");
-    assert_eq!(s.ok(Some(a), delete, json!({"id": made[0]})).await["deleteAlertRule"], true);
-    assert_eq!(s.error_code(Some(a), delete, json!({"id": made[0]})).await, "NOT_FOUND");
-    s.ok(Some(a), create, json!({"i": {"threshold": 99, "unit": "TOKENS"}})).await;
+    assert_eq!(
+        s.error_code(Some(b), delete, json!({"id": made[0]})).await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        s.ok(Some(a), delete, json!({"id": made[0]})).await["deleteAlertRule"],
+        true
+    );
+    assert_eq!(
+        s.error_code(Some(a), delete, json!({"id": made[0]})).await,
+        "NOT_FOUND"
+    );
+    s.ok(
+        Some(a),
+        create,
+        json!({"i": {"threshold": 99, "unit": "TOKENS"}}),
+    )
+    .await;
 }

@@ -430,7 +430,11 @@ async fn fixture(s: &impl Api) -> Fixture {
             .await["createWebhookEndpoint"]["endpoint"]["id"]));
     }
     let delivery_a = id(&s
-        .ok(Some(&admin_a), "mutation($id: ID!) { sendTestWebhook(endpointId: $id) { id } }", json!({"id": endpoints[0]}))
+        .ok(
+            Some(&admin_a),
+            "mutation($id: ID!) { sendTestWebhook(endpointId: $id) { id } }",
+            json!({"id": endpoints[0]}),
+        )
         .await["sendTestWebhook"]["id"]);
     Fixture {
         alert_rules,

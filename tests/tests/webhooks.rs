@@ -133,7 +133,10 @@ async fn wait_log(
         if done(&log) {
             return log;
         }
-        assert!(Instant::now() < deadline, "delivery log never settled: {log:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "delivery log never settled: {log:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -201,13 +204,21 @@ async fn every_event_reaches_the_receiver_signed_as_the_standard_says() {
     println!("charge to receiver (BALANCE_LOW, embedded workers): {low_latency:?}");
 
     let types = by_type(&got);
-    for t in ["PURCHASE_COMPLETED", "CHARGE_REFUNDED", "BALANCE_LOW", "TOKENS_EXHAUSTED"] {
+    for t in [
+        "PURCHASE_COMPLETED",
+        "CHARGE_REFUNDED",
+        "BALANCE_LOW",
+        "TOKENS_EXHAUSTED",
+    ] {
         assert_eq!(types.get(t).map(Vec::len), Some(1), "{t}: {types:#?}");
     }
     for r in &got {
         r.verify(&secret)
             .unwrap_or_else(|e| panic!("{} does not verify: {e}", r.body));
-        assert!(r.verify(&format!("whsec_{}", "A".repeat(43) + "=")).is_err());
+        assert!(
+            r.verify(&format!("whsec_{}", "A".repeat(43) + "="))
+                .is_err()
+        );
         let body = r.json();
         assert_eq!(body["id"], r.id, "the body's id is the webhook-id");
         assert!(r.id.starts_with("msg_"));
@@ -221,7 +232,11 @@ async fn every_event_reaches_the_receiver_signed_as_the_standard_says() {
         );
     }
     let low = &types["BALANCE_LOW"][0].json()["data"];
-    assert_eq!((int(&low["balance"]), int(&low["threshold"])), (0, 4), "{low}");
+    assert_eq!(
+        (int(&low["balance"]), int(&low["threshold"])),
+        (0, 4),
+        "{low}"
+    );
     assert_eq!(low["alertRuleId"], Value::Null);
     let refund = &types["CHARGE_REFUNDED"][0].json()["data"];
     assert_eq!(int(&refund["tokens"]), 10);
@@ -264,7 +279,11 @@ async fn a_receiver_down_for_a_day_gets_every_event_once_with_the_same_id() {
         run_maintenance(&s).await;
     }
     let failed = receiver.received();
-    assert!(failed.len() >= 5 * 10, "retried through the day: {}", failed.len());
+    assert!(
+        failed.len() >= 5 * 10,
+        "retried through the day: {}",
+        failed.len()
+    );
     // Every retry of a delivery carries the same webhook-id.
     let ids: BTreeMap<String, usize> = failed.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.id.clone()).or_default() += 1;
@@ -275,10 +294,18 @@ async fn a_receiver_down_for_a_day_gets_every_event_once_with_the_same_id() {
     advance(&s, 1, 0).await;
     run_maintenance(&s).await;
     let delivered = receiver.delivered();
-    assert_eq!(delivered.len(), 5, "each event delivered once: {delivered:#?}");
+    assert_eq!(
+        delivered.len(),
+        5,
+        "each event delivered once: {delivered:#?}"
+    );
     let delivered_ids: Vec<&String> = delivered.iter().map(|r| &r.id).collect();
     for id in ids.keys() {
-        assert_eq!(delivered_ids.iter().filter(|d| **d == id).count(), 1, "{id}");
+        assert_eq!(
+            delivered_ids.iter().filter(|d| **d == id).count(),
+            1,
+            "{id}"
+        );
     }
     for r in &delivered {
         r.verify_ignoring_time(&secret).unwrap();
@@ -297,10 +324,17 @@ async fn a_receiver_down_for_a_day_gets_every_event_once_with_the_same_id() {
         assert_eq!(attempts[seen - 1]["status"], 200);
     }
     let e = s
-        .ok(OP, "query($a: ID!) { account(id: $a) { webhookEndpoints { id enabled } } }", json!({"a": acct.id}))
+        .ok(
+            OP,
+            "query($a: ID!) { account(id: $a) { webhookEndpoints { id enabled } } }",
+            json!({"a": acct.id}),
+        )
         .await;
     assert_eq!(e["account"]["webhookEndpoints"][0]["id"], endpoint_id);
-    assert_eq!(e["account"]["webhookEndpoints"][0]["enabled"], true, "a day is not three");
+    assert_eq!(
+        e["account"]["webhookEndpoints"][0]["enabled"], true,
+        "a day is not three"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,12 +361,19 @@ async fn three_days_of_failures_disable_the_endpoint_and_mail_the_admins() {
     advance(&s, 1, 0).await;
     run_maintenance(&s).await;
     let e = s
-        .ok(OP, "query($a: ID!) { account(id: $a) { webhookEndpoints { enabled disabledReason } } }", json!({"a": acct.id}))
+        .ok(
+            OP,
+            "query($a: ID!) { account(id: $a) { webhookEndpoints { enabled disabledReason } } }",
+            json!({"a": acct.id}),
+        )
         .await;
     let endpoint_now = &e["account"]["webhookEndpoints"][0];
     assert_eq!(endpoint_now["enabled"], false, "{e}");
     assert!(
-        endpoint_now["disabledReason"].as_str().unwrap().contains("3 days"),
+        endpoint_now["disabledReason"]
+            .as_str()
+            .unwrap()
+            .contains("3 days"),
         "{e}"
     );
     let log = deliveries(&s, &acct).await;
@@ -343,7 +384,11 @@ async fn three_days_of_failures_disable_the_endpoint_and_mail_the_admins() {
         .find(|m| m.subject().contains("webhook endpoint"))
         .unwrap_or_else(|| panic!("no webhook e-mail: {mails:#?}"));
     assert!(mail.text().contains(&receiver.url), "{}", mail.text());
-    assert!(mail.text().contains("https://daypass.test/#alerts"), "{}", mail.text());
+    assert!(
+        mail.text().contains("https://daypass.test/#alerts"),
+        "{}",
+        mail.text()
+    );
     assert_eq!(mail.to, vec!["admin@flaky.test".to_owned()]);
     // No more attempts while disabled.
     let tried = receiver.received().len();
@@ -401,10 +446,16 @@ async fn rotation_signs_with_both_secrets_for_a_day_and_test_events_go_anywhere(
     let second = receiver.wait_for(2, Duration::from_secs(10)).await[1].clone();
     assert_eq!(second.signature.split(' ').count(), 1);
     second.verify_ignoring_time(&new).unwrap();
-    assert!(second.verify_ignoring_time(&old).is_err(), "the old secret stopped signing");
+    assert!(
+        second.verify_ignoring_time(&old).is_err(),
+        "the old secret stopped signing"
+    );
     // A replay of a delivered event sends the same webhook-id again.
     let log = deliveries(&s, &acct).await;
-    let delivered = log.iter().find(|d| d["payload"]["id"] == first.id.as_str()).unwrap();
+    let delivered = log
+        .iter()
+        .find(|d| d["payload"]["id"] == first.id.as_str())
+        .unwrap();
     s.ok(
         Some(&acct.admin),
         "mutation($id: ID!) { replayWebhookDelivery(id: $id) { id } }",
@@ -421,7 +472,10 @@ async fn rotation_signs_with_both_secrets_for_a_day_and_test_events_go_anywhere(
 async fn bad_endpoints_and_callers_get_clear_errors() {
     let s = TestServer::start().await;
     let acct = account(&s, "Strict").await;
-    let analyst = s.create_user(&acct.admin, "an@strict.test", "An", "ANALYST").await.1;
+    let analyst = s
+        .create_user(&acct.admin, "an@strict.test", "An", "ANALYST")
+        .await
+        .1;
     let create = |url: &str, events: &str| {
         format!(
             "mutation {{ createWebhookEndpoint(input: {{url: {url:?}, events: {events}}}) {{ secret }} }}"
@@ -435,19 +489,29 @@ async fn bad_endpoints_and_callers_get_clear_errors() {
         ("http://127.0.0.1:9/x", "[TEST]"),
     ] {
         assert_eq!(
-            s.error_code(Some(&acct.admin), &create(url, events), json!({})).await,
+            s.error_code(Some(&acct.admin), &create(url, events), json!({}))
+                .await,
             "BAD_USER_INPUT",
             "{url} {events}"
         );
     }
     let long = format!("http://example.com/{}", "a".repeat(3000));
     assert_eq!(
-        s.error_code(Some(&acct.admin), &create(&long, "[BALANCE_LOW]"), json!({})).await,
+        s.error_code(
+            Some(&acct.admin),
+            &create(&long, "[BALANCE_LOW]"),
+            json!({})
+        )
+        .await,
         "BAD_USER_INPUT"
     );
     assert_eq!(
-        s.error_code(Some(&analyst), &create("http://127.0.0.1:9/x", "[BALANCE_LOW]"), json!({}))
-            .await,
+        s.error_code(
+            Some(&analyst),
+            &create("http://127.0.0.1:9/x", "[BALANCE_LOW]"),
+            json!({})
+        )
+        .await,
         "FORBIDDEN"
     );
     for bad in ["\"x\"", "\"999999\""] {
@@ -458,7 +522,11 @@ async fn bad_endpoints_and_callers_get_clear_errors() {
                 json!({})
             )
             .await,
-            if bad == "\"x\"" { "BAD_USER_INPUT" } else { "NOT_FOUND" }
+            if bad == "\"x\"" {
+                "BAD_USER_INPUT"
+            } else {
+                "NOT_FOUND"
+            }
         );
     }
 }
@@ -469,7 +537,15 @@ async fn production_sends_nowhere_inward_unless_the_host_is_allowed() {
     let (db, _dir) = TestDb::fresh_url().await;
     let strict = TestServer::start_on(&db, &[("DAYPASS_ENV", "production")]).await;
     let acct = account(&strict, "Guarded").await;
-    let port = receiver.url.split(':').nth(2).unwrap().split('/').next().unwrap().to_owned();
+    let port = receiver
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     for url in [
         receiver.url.clone(),
         format!("http://localhost:{port}/hooks"),
@@ -484,9 +560,15 @@ async fn production_sends_nowhere_inward_unless_the_host_is_allowed() {
                 json!({"u": url}),
             )
             .await;
-        assert_eq!(resp["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{url}: {resp}");
+        assert_eq!(
+            resp["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{url}: {resp}"
+        );
         assert!(
-            resp["errors"][0]["message"].as_str().unwrap().contains("DAYPASS_WEBHOOK_ALLOW_HOSTS"),
+            resp["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("DAYPASS_WEBHOOK_ALLOW_HOSTS"),
             "{resp}"
         );
     }
@@ -505,15 +587,27 @@ async fn production_sends_nowhere_inward_unless_the_host_is_allowed() {
     let error = log[0]["attempts"][0]["error"].as_str().unwrap().to_owned();
     assert!(error.contains("loopback, private or link-local"), "{error}");
     assert_eq!(log[0]["attempts"][0]["status"], Value::Null);
-    assert!(receiver.received().is_empty(), "nothing reached the receiver");
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
+    );
     drop(strict);
     // Listed in DAYPASS_WEBHOOK_ALLOW_HOSTS, the same host is allowed.
     let allowing = TestServer::start_on(
         &db,
-        &[("DAYPASS_ENV", "production"), ("DAYPASS_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")],
+        &[
+            ("DAYPASS_ENV", "production"),
+            ("DAYPASS_WEBHOOK_ALLOW_HOSTS", "127.0.0.1"),
+        ],
     )
     .await;
-    endpoint(&allowing, &acct.admin, &receiver.url, "[PURCHASE_COMPLETED]").await;
+    endpoint(
+        &allowing,
+        &acct.admin,
+        &receiver.url,
+        "[PURCHASE_COMPLETED]",
+    )
+    .await;
     buy(&allowing, &acct.admin, 10).await;
     let got = receiver.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(got[0].event_type(), "PURCHASE_COMPLETED");
@@ -536,7 +630,10 @@ async fn a_sender_killed_mid_delivery_loses_nothing() {
     let second = TestServer::start_on(&db, &[("DAYPASS_TEST_CLOCK", "1")]).await;
     let log = deliveries(&second, &acct).await;
     assert_eq!(log.len(), 1);
-    assert_eq!(log[0]["state"], "PENDING", "the attempt never finished: {log:#?}");
+    assert_eq!(
+        log[0]["state"], "PENDING",
+        "the attempt never finished: {log:#?}"
+    );
     // After the dead sender's lease, the delivery is tried again, same webhook-id.
     advance(&second, 0, 2).await;
     run_maintenance(&second).await;
@@ -545,14 +642,21 @@ async fn a_sender_killed_mid_delivery_loses_nothing() {
     })
     .await;
     let got = receiver.received();
-    assert_eq!(got.len(), 2, "the cut-short request and the retry: {got:#?}");
+    assert_eq!(
+        got.len(),
+        2,
+        "the cut-short request and the retry: {got:#?}"
+    );
     assert_eq!(got[1].id, in_flight.id, "the same webhook-id");
     assert_eq!(got[1].body, in_flight.body, "the same body");
     let attempts = log[0]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{log:#?}");
     assert_eq!(attempts[0]["status"], Value::Null);
     assert!(
-        attempts[0]["error"].as_str().unwrap().contains("sender stopped"),
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("sender stopped"),
         "{attempts:?}"
     );
     assert_eq!(attempts[1]["status"], 204);
@@ -572,8 +676,20 @@ async fn a_slow_endpoint_holds_up_neither_other_endpoints_nor_email_nor_charges(
     let s = TestServer::start_with(&[("DAYPASS_SMTP_URL", smtp_url.as_str())]).await;
     s.upsert_product("cad", 10).await;
     let acct = account(&s, "Isolated").await;
-    endpoint(&s, &acct.admin, &slow.url, "[PURCHASE_COMPLETED, BALANCE_LOW]").await;
-    endpoint(&s, &acct.admin, &fast.url, "[PURCHASE_COMPLETED, BALANCE_LOW]").await;
+    endpoint(
+        &s,
+        &acct.admin,
+        &slow.url,
+        "[PURCHASE_COMPLETED, BALANCE_LOW]",
+    )
+    .await;
+    endpoint(
+        &s,
+        &acct.admin,
+        &fast.url,
+        "[PURCHASE_COMPLETED, BALANCE_LOW]",
+    )
+    .await;
     for _ in 0..12 {
         buy(&s, &acct.admin, 10).await;
     }
@@ -597,7 +713,11 @@ async fn a_slow_endpoint_holds_up_neither_other_endpoints_nor_email_nor_charges(
     let opened = started.elapsed();
     assert!(opened < Duration::from_secs(5), "ten opens took {opened:?}");
     let mail = smtp.wait_for(1, Duration::from_secs(5)).await;
-    assert!(mail[0].subject().contains("low on tokens"), "{}", mail[0].subject());
+    assert!(
+        mail[0].subject().contains("low on tokens"),
+        "{}",
+        mail[0].subject()
+    );
     fast.wait_for(13, Duration::from_secs(5)).await;
     // In the end the slow endpoint gets every event too.
     let got = slow.wait_for(13, Duration::from_secs(60)).await;
@@ -621,7 +741,12 @@ async fn two_servers_sending_at_once_deliver_each_event_once() {
     let got = receiver.wait_for(30, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got_after = receiver.received();
-    assert_eq!(got_after.len(), got.len().max(30), "nothing sent twice: {}", got_after.len());
+    assert_eq!(
+        got_after.len(),
+        got.len().max(30),
+        "nothing sent twice: {}",
+        got_after.len()
+    );
     let ids: std::collections::BTreeSet<&String> = got_after.iter().map(|r| &r.id).collect();
     assert_eq!(ids.len(), 30);
     assert_eq!(got_after.len(), 30);

@@ -42,7 +42,7 @@ pub fn thousands(n: i64) -> String {
         out.push('-');
     }
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -120,7 +120,10 @@ fn wording(d: &Delivery) -> (String, Vec<String>) {
             if let Some(error) = error {
                 lines.insert(1, format!("The last attempt: {error}."));
             }
-            (format!("Daypass: a webhook endpoint of {name} was disabled"), lines)
+            (
+                format!("Daypass: a webhook endpoint of {name} was disabled"),
+                lines,
+            )
         }
         NotificationKind::ScheduledReport => (
             format!("Daypass: the usage report of {name}"),

@@ -53,7 +53,11 @@ pub struct WebhookSender {
 impl WebhookSender {
     /// A sender whose every attempt answers within 10 seconds, follows no
     /// redirect, ignores proxy settings and connects only where `guard` allows.
-    pub fn new(db: Db, clock: Arc<dyn Clock>, guard: AddressGuard) -> anyhow::Result<WebhookSender> {
+    pub fn new(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        guard: AddressGuard,
+    ) -> anyhow::Result<WebhookSender> {
         let client = reqwest::Client::builder()
             .timeout(webhooks::ANSWER_WITHIN)
             .connect_timeout(webhooks::ANSWER_WITHIN)
@@ -146,7 +150,8 @@ impl WebhookSender {
         self: &Arc<Self>,
         tried: &mut HashSet<i32>,
     ) -> daypass_domain::Result<Vec<tokio::task::JoinHandle<()>>> {
-        let due = webhooks::due_deliveries(&self.db, self.clock.now(), (AT_ONCE * 4) as u64).await?;
+        let due =
+            webhooks::due_deliveries(&self.db, self.clock.now(), (AT_ONCE * 4) as u64).await?;
         let mut started = Vec::new();
         for d in due {
             if tried.contains(&d.id) {

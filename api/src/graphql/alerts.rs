@@ -29,11 +29,26 @@ macro_rules! mirror_enum {
 }
 
 mirror_enum!(AlertUnit = alerts::AlertUnit { Tokens, Percent });
-mirror_enum!(WebhookEvent = webhooks::WebhookEvent {
-    BalanceLow, TokensExhausted, LotExpiring, LotExpired, PurchaseCompleted,
-    ChargeRefunded, BudgetReached, Test,
-});
-mirror_enum!(DeliveryState = webhooks::DeliveryState { Pending, Delivered, Failed, Dead });
+mirror_enum!(
+    WebhookEvent = webhooks::WebhookEvent {
+        BalanceLow,
+        TokensExhausted,
+        LotExpiring,
+        LotExpired,
+        PurchaseCompleted,
+        ChargeRefunded,
+        BudgetReached,
+        Test,
+    }
+);
+mirror_enum!(
+    DeliveryState = webhooks::DeliveryState {
+        Pending,
+        Delivered,
+        Failed,
+        Dead
+    }
+);
 
 /// A threshold beside the account's low-balance threshold, with its recipients
 /// (rule 25). `armed`: the balance is at or above it, so the next charge that takes
@@ -141,17 +156,23 @@ impl WebhookDelivery {
     }
 }
 
-connection!(WebhookDeliveryConnection, WebhookDeliveryEdge, WebhookDelivery);
+connection!(
+    WebhookDeliveryConnection,
+    WebhookDeliveryEdge,
+    WebhookDelivery
+);
 
 /// `Account.alertRules`.
 pub async fn account_alert_rules(ctx: &Context<'_>, account_id: i32) -> Result<Vec<AlertRule>> {
     let r = Req::of(ctx)?;
-    Ok(alerts::list_alert_rules(r.db(), r.actor(), account_id, r.now)
-        .await
-        .gql()?
-        .into_iter()
-        .map(AlertRule)
-        .collect())
+    Ok(
+        alerts::list_alert_rules(r.db(), r.actor(), account_id, r.now)
+            .await
+            .gql()?
+            .into_iter()
+            .map(AlertRule)
+            .collect(),
+    )
 }
 
 /// `Account.webhookEndpoints`.
@@ -307,7 +328,11 @@ impl AlertMutation {
     }
 
     /// A new secret, shown once; the old one keeps signing for 24 hours.
-    async fn rotate_webhook_secret(&self, ctx: &Context<'_>, id: ID) -> Result<CreateWebhookPayload> {
+    async fn rotate_webhook_secret(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<CreateWebhookPayload> {
         let r = Req::of(ctx)?;
         let id = parse_id(&id, "webhook endpoint")?;
         let (endpoint, secret) = webhooks::rotate_secret(r.db(), r.actor(), id, r.now)
@@ -320,7 +345,11 @@ impl AlertMutation {
     }
 
     /// A TEST event to the endpoint, whatever event types it takes.
-    async fn send_test_webhook(&self, ctx: &Context<'_>, endpoint_id: ID) -> Result<WebhookDelivery> {
+    async fn send_test_webhook(
+        &self,
+        ctx: &Context<'_>,
+        endpoint_id: ID,
+    ) -> Result<WebhookDelivery> {
         let r = Req::of(ctx)?;
         let id = parse_id(&endpoint_id, "webhook endpoint")?;
         Ok(WebhookDelivery(

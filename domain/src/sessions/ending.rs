@@ -4,7 +4,6 @@
 //! its charge at most once.
 
 use super::{SessionView, mark_ended};
-use crate::webhooks::WebhookEvent;
 use crate::access::Actor;
 use crate::conditions;
 use crate::error::{DomainError, Result};
@@ -12,6 +11,7 @@ use crate::rules;
 use crate::store::balance_feed::announce_balance_change;
 use crate::store::{Db, WriteTx};
 use crate::vocabulary::{LedgerKind, LotStatus, Role, SessionState};
+use crate::webhooks::WebhookEvent;
 use chrono::{DateTime, Utc};
 use daypass_entity::{charge, ledger_entry, lot, session, window};
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -225,8 +225,14 @@ async fn refund_if_short(
         "sessionId": session.id,
         "balance": crate::accounts::balance_at(&**tx, charge.account_id, now).await?.get(),
     });
-    crate::webhooks::record_event(tx, charge.account_id, WebhookEvent::ChargeRefunded, data, now)
-        .await?;
+    crate::webhooks::record_event(
+        tx,
+        charge.account_id,
+        WebhookEvent::ChargeRefunded,
+        data,
+        now,
+    )
+    .await?;
     // The window closes: no open is inside it any more, whatever its clock says.
     window::Entity::delete_many()
         .filter(window::Column::UserId.eq(charge.user_id))

@@ -73,7 +73,8 @@ impl WriteTx {
 
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
-        let hooks = std::mem::take(&mut *self.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
+        let hooks =
+            std::mem::take(&mut *self.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
         for hook in hooks {
             hook();
         }

@@ -115,7 +115,10 @@ pub async fn lease_delivery(
 ) -> Result<Option<LeasedDelivery>> {
     let tx = db.begin_write().await?;
     let claimed = webhook_delivery::Entity::update_many()
-        .col_expr(webhook_delivery::Column::LeaseUntil, Expr::value(Some(now + LEASE)))
+        .col_expr(
+            webhook_delivery::Column::LeaseUntil,
+            Expr::value(Some(now + LEASE)),
+        )
         .col_expr(
             webhook_delivery::Column::Attempts,
             Expr::col(webhook_delivery::Column::Attempts).add(1),
@@ -219,8 +222,14 @@ pub async fn record_answer(
     let mut told = Vec::new();
     let state = if answer.delivered() {
         ours()
-            .col_expr(webhook_delivery::Column::State, Expr::value(DeliveryState::Delivered.as_str()))
-            .col_expr(webhook_delivery::Column::DeliveredAt, Expr::value(Some(now)))
+            .col_expr(
+                webhook_delivery::Column::State,
+                Expr::value(DeliveryState::Delivered.as_str()),
+            )
+            .col_expr(
+                webhook_delivery::Column::DeliveredAt,
+                Expr::value(Some(now)),
+            )
             .exec(&*tx)
             .await?;
         endpoint
@@ -233,7 +242,10 @@ pub async fn record_answer(
         DeliveryState::Delivered
     } else {
         ours()
-            .col_expr(webhook_delivery::Column::State, Expr::value(DeliveryState::Failed.as_str()))
+            .col_expr(
+                webhook_delivery::Column::State,
+                Expr::value(DeliveryState::Failed.as_str()),
+            )
             .col_expr(
                 webhook_delivery::Column::NextAttemptAt,
                 Expr::value(now + notifications::backoff_after(leased.attempt)),
@@ -241,7 +253,10 @@ pub async fn record_answer(
             .exec(&*tx)
             .await?;
         endpoint
-            .col_expr(webhook_endpoint::Column::FailingSince, Expr::value(Some(now)))
+            .col_expr(
+                webhook_endpoint::Column::FailingSince,
+                Expr::value(Some(now)),
+            )
             .filter(webhook_endpoint::Column::FailingSince.is_null())
             .exec(&*tx)
             .await?;
@@ -266,7 +281,10 @@ async fn disable_if_failing_too_long(
     last_error: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Option<Option<NotificationId>>> {
-    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(endpoint_id).one(&**tx).await? else {
+    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(endpoint_id)
+        .one(&**tx)
+        .await?
+    else {
         return Ok(None);
     };
     let Some(since) = endpoint.failing_since.filter(|s| now - *s >= GIVE_UP_AFTER) else {
@@ -281,12 +299,18 @@ async fn disable_if_failing_too_long(
     );
     webhook_endpoint::Entity::update_many()
         .col_expr(webhook_endpoint::Column::Enabled, Expr::value(false))
-        .col_expr(webhook_endpoint::Column::DisabledReason, Expr::value(Some(reason)))
+        .col_expr(
+            webhook_endpoint::Column::DisabledReason,
+            Expr::value(Some(reason)),
+        )
         .filter(webhook_endpoint::Column::Id.eq(endpoint_id))
         .exec(&**tx)
         .await?;
     webhook_delivery::Entity::update_many()
-        .col_expr(webhook_delivery::Column::State, Expr::value(DeliveryState::Dead.as_str()))
+        .col_expr(
+            webhook_delivery::Column::State,
+            Expr::value(DeliveryState::Dead.as_str()),
+        )
         .col_expr(
             webhook_delivery::Column::LeaseUntil,
             Expr::value(Option::<DateTime<Utc>>::None),
@@ -299,7 +323,9 @@ async fn disable_if_failing_too_long(
     let facts = Facts {
         account_id: account.id,
         account_name: account.name.clone(),
-        balance: crate::accounts::balance_at(&**tx, account.id, now).await?.get(),
+        balance: crate::accounts::balance_at(&**tx, account.id, now)
+            .await?
+            .get(),
         at: now,
         webhook: Some(WebhookFact {
             endpoint_id,
@@ -372,23 +398,28 @@ async fn views(db: &Db, deliveries: Vec<webhook_delivery::Model>) -> Result<Vec<
         .all(db.conn())
         .await?
     {
-        attempts.entry(a.delivery_id).or_default().push(AttemptView {
-            at: a.at,
-            status: a.status,
-            error: a.error,
-        });
+        attempts
+            .entry(a.delivery_id)
+            .or_default()
+            .push(AttemptView {
+                at: a.at,
+                status: a.status,
+                error: a.error,
+            });
     }
     deliveries
         .into_iter()
         .map(|d| {
-            let missing = || DomainError::Internal(format!("webhook delivery {} is incomplete", d.id));
+            let missing =
+                || DomainError::Internal(format!("webhook delivery {} is incomplete", d.id));
             let event = events.get(&d.event_id).ok_or_else(missing)?;
             Ok(DeliveryView {
                 id: d.id,
                 endpoint: endpoints.get(&d.endpoint_id).cloned().ok_or_else(missing)?,
                 event: event.event_type.parse()?,
-                payload: serde_json::from_str(&event.body)
-                    .map_err(|e| DomainError::Internal(format!("webhook event {}: {e}", event.id)))?,
+                payload: serde_json::from_str(&event.body).map_err(|e| {
+                    DomainError::Internal(format!("webhook event {}: {e}", event.id))
+                })?,
                 state: d.state.parse()?,
                 attempts: attempts.remove(&d.id).unwrap_or_default(),
                 created_at: d.created_at,
@@ -458,7 +489,15 @@ pub async fn send_test_event(
         "endpointId": endpoint_id.to_string(),
     });
     let tx = db.begin_write().await?;
-    let event_id = write_event(&tx, endpoint.account_id, WebhookEvent::Test, data, &[endpoint_id], now).await?;
+    let event_id = write_event(
+        &tx,
+        endpoint.account_id,
+        WebhookEvent::Test,
+        data,
+        &[endpoint_id],
+        now,
+    )
+    .await?;
     tx.commit().await?;
     let id: i32 = webhook_delivery::Entity::find()
         .select_only()
@@ -485,7 +524,9 @@ pub async fn replay_delivery(
         .one(db.conn())
         .await?
         .ok_or_else(not_found)?;
-    actor.can_see_account(delivery.account_id).map_err(|_| not_found())?;
+    actor
+        .can_see_account(delivery.account_id)
+        .map_err(|_| not_found())?;
     actor.can_manage(delivery.account_id)?;
     let endpoint = visible_endpoint(db, actor, delivery.endpoint_id).await?;
     if !endpoint.enabled {

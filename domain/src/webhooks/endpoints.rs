@@ -63,10 +63,12 @@ async fn checked_url(db: &Db, text: &str) -> Result<String> {
             "a webhook URL must be 1–{MAX_URL_LEN} characters"
         )));
     }
-    let url = url::Url::parse(text)
-        .map_err(|e| DomainError::bad_input(format!("not a URL ({e})")))?;
+    let url =
+        url::Url::parse(text).map_err(|e| DomainError::bad_input(format!("not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(DomainError::bad_input("a webhook URL must be http or https"));
+        return Err(DomainError::bad_input(
+            "a webhook URL must be http or https",
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(DomainError::bad_input("a webhook URL needs a host"));
@@ -92,7 +94,9 @@ fn checked_events(events: &[WebhookEvent]) -> Result<Vec<WebhookEvent>> {
     events.sort();
     events.dedup();
     if events.is_empty() {
-        return Err(DomainError::bad_input("an endpoint needs at least one event type"));
+        return Err(DomainError::bad_input(
+            "an endpoint needs at least one event type",
+        ));
     }
     Ok(events)
 }
@@ -112,7 +116,9 @@ pub(crate) async fn visible_endpoint(
         .one(db.conn())
         .await?
         .ok_or_else(not_found)?;
-    actor.can_see_account(endpoint.account_id).map_err(|_| not_found())?;
+    actor
+        .can_see_account(endpoint.account_id)
+        .map_err(|_| not_found())?;
     Ok(endpoint)
 }
 
@@ -231,7 +237,9 @@ pub async fn delete_endpoint(db: &Db, actor: &Actor, id: i32) -> Result<bool> {
         .filter(webhook_delivery::Column::EndpointId.eq(id))
         .exec(&*tx)
         .await?;
-    let deleted = webhook_endpoint::Entity::delete_by_id(id).exec(&*tx).await?;
+    let deleted = webhook_endpoint::Entity::delete_by_id(id)
+        .exec(&*tx)
+        .await?;
     tx.commit().await?;
     Ok(deleted.rows_affected == 1)
 }

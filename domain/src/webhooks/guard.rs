@@ -46,16 +46,18 @@ impl AddressGuard {
                 .collect(),
         };
         if addrs.is_empty() {
-            return Err(DomainError::bad_input(format!("{bare} resolves to no address")));
+            return Err(DomainError::bad_input(format!(
+                "{bare} resolves to no address"
+            )));
         }
-        if !self.allows_any_address(bare) {
-            if let Some(refused) = addrs.iter().find(|a| is_internal(a.ip())) {
-                return Err(DomainError::bad_input(format!(
-                    "{bare} resolves to {}, a loopback, private or link-local address; \
-                     list the host in DAYPASS_WEBHOOK_ALLOW_HOSTS to allow it",
-                    refused.ip()
-                )));
-            }
+        if !self.allows_any_address(bare)
+            && let Some(refused) = addrs.iter().find(|a| is_internal(a.ip()))
+        {
+            return Err(DomainError::bad_input(format!(
+                "{bare} resolves to {}, a loopback, private or link-local address; \
+                 list the host in DAYPASS_WEBHOOK_ALLOW_HOSTS to allow it",
+                refused.ip()
+            )));
         }
         Ok(addrs)
     }
@@ -122,13 +124,31 @@ mod tests {
     #[test]
     fn inward_addresses_are_refused_and_public_ones_allowed() {
         for inward in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-            "0.0.0.0", "100.64.0.1", "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1",
-            "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "::127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "::127.0.0.1",
         ] {
             assert!(is_internal(inward.parse().unwrap()), "{inward}");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:2800:220:1::1", "::ffff:8.8.8.8"] {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:2800:220:1::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_internal(public.parse().unwrap()), "{public}");
         }
     }
@@ -136,7 +156,11 @@ mod tests {
     #[tokio::test]
     async fn production_refuses_loopback_unless_the_host_is_allowed() {
         let strict = AddressGuard::new("production", None);
-        for url in ["http://127.0.0.1:9/x", "http://localhost:9/x", "http://[::1]:9/x"] {
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://localhost:9/x",
+            "http://[::1]:9/x",
+        ] {
             let url = url::Url::parse(url).unwrap();
             assert!(strict.check_url(&url).await.is_err(), "{url}");
         }

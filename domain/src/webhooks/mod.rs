@@ -48,11 +48,19 @@ impl Db {
     /// Installs where this process's webhooks may go (DAYPASS_ENV,
     /// DAYPASS_WEBHOOK_ALLOW_HOSTS).
     pub fn install_webhook_guard(&self, guard: guard::AddressGuard) {
-        *self.webhook_settings().guard.write().unwrap_or_else(|e| e.into_inner()) = guard;
+        *self
+            .webhook_settings()
+            .guard
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = guard;
     }
 
     pub fn webhook_guard(&self) -> guard::AddressGuard {
-        self.webhook_settings().guard.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.webhook_settings()
+            .guard
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Resolves when deliveries were committed since the last call (or at once, if

@@ -29,12 +29,20 @@ pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &str) -> Result<St
         .map_err(|e| DomainError::Internal(e.to_string()))?;
     mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
     mac.update(body.as_bytes());
-    Ok(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+    Ok(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
 }
 
 /// The `webhook-signature` header: one signature per secret still signing,
 /// separated by spaces (during a rotation the old secret signs too).
-pub fn signature_header(secrets: &[&str], msg_id: &str, timestamp: i64, body: &str) -> Result<String> {
+pub fn signature_header(
+    secrets: &[&str],
+    msg_id: &str,
+    timestamp: i64,
+    body: &str,
+) -> Result<String> {
     Ok(secrets
         .iter()
         .map(|s| sign(s, msg_id, timestamp, body))
