@@ -1,14 +1,15 @@
-//! A real HTTP receiver of webhooks on loopback: it records every request, answers
-//! with the status the test sets (after an optional delay), and checks signatures
-//! with the Standard Webhooks reference implementation (the `standardwebhooks`
-//! crate), not with the sender's own code.
+//! A real HTTP receiver of webhooks on loopback: it records every POST (to any
+//! path), answers with the status the test sets (after an optional delay), and
+//! checks signatures with the Standard Webhooks reference implementation (the
+//! `standardwebhooks` crate), not with the sender's own code. `GET /received` lists
+//! what it kept as JSON, for a browser test to check with the secret a page showed.
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use serde_json::Value;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::get;
+use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 /// One request as it arrived.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub path: String,
     pub id: String,
     pub timestamp: i64,
     pub signature: String,
@@ -76,6 +78,7 @@ struct Shared {
 pub struct WebhookReceiver {
     /// Where to point an endpoint: `http://127.0.0.1:<port>/hooks`.
     pub url: String,
+    base_url: String,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -86,7 +89,29 @@ impl Drop for WebhookReceiver {
     }
 }
 
-async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+/// `GET /received`: every request kept, as `[{method, path, headers, body}]`.
+async fn list(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    let kept = shared.received.lock().unwrap().clone();
+    axum::Json(Value::Array(
+        kept.iter()
+            .map(|r| {
+                let headers: serde_json::Map<String, Value> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or_default())))
+                    .collect();
+                json!({"method": "POST", "path": r.path, "headers": headers, "body": r.body})
+            })
+            .collect(),
+    ))
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let header = |name: &str| {
         headers
             .get(name)
@@ -96,6 +121,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     };
     let answered = shared.status.load(Ordering::SeqCst);
     shared.received.lock().unwrap().push(Received {
+        path: uri.path().to_owned(),
         id: header("webhook-id"),
         timestamp: header("webhook-timestamp").parse().unwrap_or_default(),
         signature: header("webhook-signature"),
@@ -127,7 +153,8 @@ impl WebhookReceiver {
             arrived: tokio::sync::Notify::new(),
         });
         let app = Router::new()
-            .route("/hooks", post(receive))
+            .route("/received", get(list))
+            .fallback(axum::routing::post(receive))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -135,10 +162,16 @@ impl WebhookReceiver {
             axum::serve(listener, app).await.unwrap();
         });
         WebhookReceiver {
+            base_url: format!("http://127.0.0.1:{port}"),
             url: format!("http://127.0.0.1:{port}/hooks"),
             shared,
             server,
         }
+    }
+
+    /// The address of `path` on this receiver (any path takes POSTs).
+    pub fn url_of(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
     }
 
     /// The status every later request is answered with (e.g. 503: down).

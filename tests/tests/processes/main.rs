@@ -12,4 +12,3 @@ mod docker;
 mod load_bench;
 mod scale_out;
 mod startup;
-mod webhook_receiver;
