@@ -54,6 +54,7 @@ pub async fn create_account(
         low_balance_threshold: Set(None),
         restricts_products: Set(false),
         created_at: Set(now),
+        alert_rules: Set(0),
         ..Default::default()
     }
     .insert(&*tx)

@@ -110,6 +110,21 @@ pub(crate) async fn rules_of(
         .collect()
 }
 
+/// Keeps the account's count of rules (read by charging batches) equal to its
+/// rules, under the account's lock.
+async fn count_rules(tx: &crate::store::WriteTx, account_id: i32) -> Result<()> {
+    let count = rules_of(&**tx, &[account_id]).await?.len();
+    daypass_entity::account::Entity::update_many()
+        .col_expr(
+            daypass_entity::account::Column::AlertRules,
+            sea_orm::sea_query::Expr::value(count as i32),
+        )
+        .filter(daypass_entity::account::Column::Id.eq(account_id))
+        .exec(&**tx)
+        .await?;
+    Ok(())
+}
+
 /// What an admin asks for.
 #[derive(Debug, Clone)]
 pub struct NewAlertRule {
@@ -192,6 +207,7 @@ pub async fn create_alert_rule(
     }
     .insert(&*tx)
     .await?;
+    count_rules(&tx, account_id).await?;
     tx.commit().await?;
     AlertRule::from_model(created)
 }
@@ -210,6 +226,7 @@ pub async fn delete_alert_rule(db: &Db, actor: &Actor, id: i32) -> Result<bool> 
     let tx = db.begin_write().await?;
     db.lock_account(&tx, rule.account_id).await?;
     let deleted = alert_rule::Entity::delete_by_id(id).exec(&*tx).await?;
+    count_rules(&tx, rule.account_id).await?;
     tx.commit().await?;
     Ok(deleted.rows_affected == 1)
 }

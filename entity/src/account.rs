@@ -11,6 +11,9 @@ pub struct Model {
     /// Whether the account-wide allowed-product list applies.
     pub restricts_products: bool,
     pub created_at: DateTimeUtc,
+    /// How many alert rules the account has (rule 25), so a charging batch reads
+    /// rules only for accounts that have some.
+    pub alert_rules: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

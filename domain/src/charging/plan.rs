@@ -321,6 +321,7 @@ mod tests {
             low_balance_threshold: None,
             restricts_products: false,
             created_at: at(-2000),
+            alert_rules: 0,
         };
         Held {
             accounts: HashMap::from([(1, account)]),

@@ -240,12 +240,14 @@ async fn record_outcomes(
     let mut records = Vec::with_capacity(items.len());
     let mut sessions = Vec::new();
     let mut exhausted_told: Vec<i32> = Vec::new();
-    // Rule 25's alert rules of the accounts that charged, read once for the batch.
+    // Rule 25's alert rules of the accounts that charged and have some, read once
+    // for the batch.
     let mut charged: Vec<i32> = items
         .iter()
         .zip(&planned)
         .filter(|(_, p)| matches!(p.plan, Planned::Charge { .. }))
         .map(|(item, _)| item.record.account_id)
+        .filter(|id| held.accounts.get(id).is_some_and(|a| a.alert_rules > 0))
         .collect();
     charged.sort_unstable();
     charged.dedup();
