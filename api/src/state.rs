@@ -63,8 +63,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Installs the queue as where the database's committed notifications go, and
-    /// starts the balance feed.
+    /// Installs the queue as where the database's committed notifications go and
+    /// where webhooks may go, and starts the balance feed.
     pub async fn new(
         connected: Connected,
         config: &Config,
@@ -77,6 +77,11 @@ impl AppState {
             queue,
         } = connected;
         db.install_deliveries(Arc::new(queue.clone()));
+        // Where webhooks may go is checked when endpoints are registered, here too.
+        db.install_webhook_guard(daypass_domain::webhooks::guard::AddressGuard::new(
+            &config.shared.env,
+            config.shared.webhook_allow_hosts.as_deref(),
+        ));
         let balance_feed = BalanceFeed::start(&db)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -136,11 +136,12 @@ pub struct NewAlertRule {
 
 fn validate(input: NewAlertRule) -> Result<NewAlertRule> {
     match input.unit {
+        // 0 could never be crossed: no balance is below it.
         AlertUnit::Tokens
-            if !(0..=rules::MAX_PURCHASE_QUANTITY * 1000).contains(&input.threshold) =>
+            if !(1..=rules::MAX_PURCHASE_QUANTITY * 1000).contains(&input.threshold) =>
         {
             return Err(DomainError::bad_input(
-                "a threshold in tokens must be between 0 and 50,000,000",
+                "a threshold in tokens must be between 1 and 50,000,000",
             ));
         }
         AlertUnit::Percent if !(1..=100).contains(&input.threshold) => {

@@ -157,6 +157,14 @@ async fn each_threshold_crossed_mails_its_recipients_once_and_purchases_rearm() 
     assert!(rule_mail.text().contains("Alerting Co"));
     assert!(rule_mail.text().contains("https://daypass.test/#alerts"));
     assert!(rule_mail.html().contains("<p>"), "plain text and HTML");
+    assert!(
+        !rule_mail
+            .raw
+            .lines()
+            .any(|l| l.starts_with("To:") || l.starts_with("Bcc:")),
+        "a rule's recipients do not see each other:\n{}",
+        rule_mail.raw
+    );
     let events = receiver.wait_for(2, Duration::from_secs(20)).await;
     let mut thresholds: Vec<i64> = events
         .iter()
@@ -242,6 +250,9 @@ async fn rules_are_validated_limited_and_kept_to_their_account() {
         json!({"threshold": 0, "unit": "PERCENT"}),
         json!({"threshold": 101, "unit": "PERCENT"}),
         json!({"threshold": -1, "unit": "TOKENS"}),
+        json!({"threshold": 0, "unit": "TOKENS"}),
+        json!({"threshold": 5, "unit": "TOKENS", "extraRecipients": ["a@b.test,c@d.test"]}),
+        json!({"threshold": 5, "unit": "TOKENS", "extraRecipients": ["a..b@d.test"]}),
         json!({"threshold": 5, "unit": "TOKENS", "extraRecipients": ["not-an-address"]}),
         json!({"threshold": 5, "unit": "TOKENS", "includeAdmins": false}),
         json!({"threshold": 5, "unit": "TOKENS", "extraRecipients": (0..11).map(|i| format!("x{i}@y.test")).collect::<Vec<_>>()}),
@@ -262,7 +273,7 @@ async fn rules_are_validated_limited_and_kept_to_their_account() {
         "FORBIDDEN"
     );
     let mut made = Vec::new();
-    for t in 0..10 {
+    for t in 1..=10 {
         made.push(id(&s
             .ok(
                 Some(a),

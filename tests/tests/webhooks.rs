@@ -751,3 +751,28 @@ async fn two_servers_sending_at_once_deliver_each_event_once() {
     assert_eq!(ids.len(), 30);
     assert_eq!(got_after.len(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoints_backlog_does_not_hold_up_another_account() {
+    let slow = WebhookReceiver::start().await;
+    slow.set_delay(Duration::from_secs(3));
+    let fast = WebhookReceiver::start().await;
+    let s = TestServer::start().await;
+    let backlog = account(&s, "Backlog").await;
+    endpoint(&s, &backlog.admin, &slow.url, "[PURCHASE_COMPLETED]").await;
+    // More due deliveries than a sender reads at once, all to one slow endpoint.
+    for _ in 0..300 {
+        buy(&s, &backlog.admin, 10).await;
+    }
+    let bystander = account(&s, "Bystander").await;
+    endpoint(&s, &bystander.admin, &fast.url, "[PURCHASE_COMPLETED]").await;
+    let started = Instant::now();
+    buy(&s, &bystander.admin, 10).await;
+    fast.wait_for(1, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(slow.most_in_flight() <= 4);
+}

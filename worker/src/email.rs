@@ -181,8 +181,24 @@ pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> 
         .subject(subject)
         .message_id(Some(message_id(d.id, &settings.public_url)))
         .header(header::MIME_VERSION_1_0);
+    // An alert rule's recipients may be people outside the account: none of them
+    // sees the others' addresses.
+    let hidden = d.facts.alert.is_some();
+    let mut addressed = 0;
     for r in &d.recipients {
-        builder = builder.to(r.parse().map_err(|e| format!("recipient {r:?}: {e}"))?);
+        // One address the mail system refuses must not silence the others.
+        match r.parse::<Mailbox>() {
+            Ok(mailbox) if hidden => builder = builder.bcc(mailbox),
+            Ok(mailbox) => builder = builder.to(mailbox),
+            Err(e) => {
+                tracing::warn!(notification = d.id, error = %e, "a recipient that cannot be mailed is left out");
+                continue;
+            }
+        }
+        addressed += 1;
+    }
+    if addressed == 0 {
+        return Err("no recipient can be mailed".to_owned());
     }
     builder
         .multipart(MultiPart::alternative_plain_html(text, html))

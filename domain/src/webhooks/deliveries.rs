@@ -4,7 +4,7 @@
 //! admins are mailed. Also replays, test events and the delivery log.
 
 use super::endpoints::{EndpointView, signing_secrets, visible_endpoint};
-use super::events::write_event;
+use super::events::{pending_delivery, write_event};
 use super::{DeliveryState, WebhookEvent};
 use crate::access::Actor;
 use crate::error::{DomainError, Result};
@@ -52,8 +52,15 @@ pub struct DueDelivery {
     pub endpoint_id: i32,
 }
 
-/// Deliveries due now to enabled endpoints and held by no sender, oldest due first.
-pub async fn due_deliveries(db: &Db, now: DateTime<Utc>, limit: u64) -> Result<Vec<DueDelivery>> {
+/// Deliveries due now to enabled endpoints and held by no sender, oldest due first,
+/// except to the endpoints in `busy` (whose backlog would otherwise fill the page
+/// and hold up every other endpoint's deliveries).
+pub async fn due_deliveries(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: u64,
+    busy: &[i32],
+) -> Result<Vec<DueDelivery>> {
     let enabled = Query::select()
         .column(webhook_endpoint::Column::Id)
         .from(webhook_endpoint::Entity)
@@ -67,6 +74,7 @@ pub async fn due_deliveries(db: &Db, now: DateTime<Utc>, limit: u64) -> Result<V
         .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
         .filter(lease_free(now))
         .filter(webhook_delivery::Column::EndpointId.in_subquery(enabled))
+        .filter(webhook_delivery::Column::EndpointId.is_not_in(busy.iter().copied()))
         .order_by_asc(webhook_delivery::Column::NextAttemptAt)
         .order_by_asc(webhook_delivery::Column::Id)
         .limit(limit)
@@ -96,6 +104,9 @@ pub struct LeasedDelivery {
     pub attempt_id: i32,
     /// Attempts so far, this one included.
     pub attempt: i32,
+    /// When the delivery was made (or replayed): it is given up after
+    /// [`GIVE_UP_AFTER`] of failures, even to an endpoint that answers others.
+    pub created_at: DateTime<Utc>,
     pub endpoint_id: i32,
     pub url: String,
     /// The `webhook-id`.
@@ -161,6 +172,7 @@ pub async fn lease_delivery(
         delivery_id: id,
         attempt_id: attempt.id,
         attempt: delivery.attempts,
+        created_at: delivery.created_at,
         endpoint_id: endpoint.id,
         url: endpoint.url.clone(),
         msg_id: event.id,
@@ -185,9 +197,11 @@ impl Answer {
 }
 
 /// Records an attempt's answer: DELIVERED on a 2xx; otherwise FAILED and due again
-/// after rule 15's backoff, unless the endpoint's deliveries have now failed for
-/// [`GIVE_UP_AFTER`]: then the endpoint is disabled, its undelivered deliveries
-/// are given up (DEAD, replayable) and its admins are mailed, in one transaction.
+/// after rule 15's backoff, unless the delivery has now failed for
+/// [`GIVE_UP_AFTER`] (DEAD), or the endpoint's deliveries have: then the endpoint
+/// is disabled, its undelivered deliveries are given up (DEAD, replayable) and its
+/// admins are mailed, in one transaction. A sender whose lease ran out and whose
+/// delivery another sender took records only its attempt.
 pub async fn record_answer(
     db: &Db,
     leased: &LeasedDelivery,
@@ -200,13 +214,21 @@ pub async fn record_answer(
         Answer::NoAnswer(e) => (None, Some(e.chars().take(1000).collect::<String>())),
     };
     let tx = db.begin_write().await?;
+    // The endpoint first, as every writer of its deliveries here: two answers
+    // recorded at once never lock each other's deliveries in opposite orders. Not
+    // FOR UPDATE: a charge writing a delivery to it (a key-share lock) never waits.
+    let mut endpoint = webhook_endpoint::Entity::find_by_id(leased.endpoint_id);
+    if db.is_postgres() {
+        endpoint = endpoint.lock(sea_orm::sea_query::LockType::NoKeyUpdate);
+    }
+    endpoint.one(&*tx).await?;
     webhook_attempt::Entity::update_many()
         .col_expr(webhook_attempt::Column::Status, Expr::value(status))
         .col_expr(webhook_attempt::Column::Error, Expr::value(error.clone()))
         .filter(webhook_attempt::Column::Id.eq(leased.attempt_id))
         .exec(&*tx)
         .await?;
-    // Only the sender holding this attempt changes the delivery.
+    // Only the sender still holding this attempt changes the delivery.
     let ours = || {
         webhook_delivery::Entity::update_many()
             .col_expr(
@@ -214,6 +236,7 @@ pub async fn record_answer(
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
             .filter(webhook_delivery::Column::Id.eq(leased.delivery_id))
+            // Each lease counts an attempt: another sender's lease changed it.
             .filter(webhook_delivery::Column::Attempts.eq(leased.attempt))
             .filter(retrying())
     };
@@ -221,7 +244,7 @@ pub async fn record_answer(
         .filter(webhook_endpoint::Column::Id.eq(leased.endpoint_id));
     let mut told = Vec::new();
     let state = if answer.delivered() {
-        ours()
+        let changed = ours()
             .col_expr(
                 webhook_delivery::Column::State,
                 Expr::value(DeliveryState::Delivered.as_str()),
@@ -232,26 +255,36 @@ pub async fn record_answer(
             )
             .exec(&*tx)
             .await?;
-        endpoint
-            .col_expr(
-                webhook_endpoint::Column::FailingSince,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .exec(&*tx)
-            .await?;
+        if changed.rows_affected == 1 {
+            endpoint
+                .col_expr(
+                    webhook_endpoint::Column::FailingSince,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .exec(&*tx)
+                .await?;
+        }
         DeliveryState::Delivered
     } else {
-        ours()
-            .col_expr(
-                webhook_delivery::Column::State,
-                Expr::value(DeliveryState::Failed.as_str()),
+        let given_up = now - leased.created_at >= GIVE_UP_AFTER;
+        let (state, next) = if given_up {
+            (DeliveryState::Dead, now)
+        } else {
+            (
+                DeliveryState::Failed,
+                now + notifications::backoff_after(leased.attempt),
             )
-            .col_expr(
-                webhook_delivery::Column::NextAttemptAt,
-                Expr::value(now + notifications::backoff_after(leased.attempt)),
-            )
+        };
+        let changed = ours()
+            .col_expr(webhook_delivery::Column::State, Expr::value(state.as_str()))
+            .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(next))
             .exec(&*tx)
             .await?;
+        if changed.rows_affected != 1 {
+            // Another sender has it now: its answer counts, not this late one.
+            tx.commit().await?;
+            return Ok(state);
+        }
         endpoint
             .col_expr(
                 webhook_endpoint::Column::FailingSince,
@@ -265,7 +298,7 @@ pub async fn record_answer(
                 told.extend(notified);
                 DeliveryState::Dead
             }
-            None => DeliveryState::Failed,
+            None => state,
         }
     };
     tx.commit().await?;
@@ -344,7 +377,10 @@ async fn disable_if_failing_too_long(
         now,
     )
     .await?;
-    tracing::warn!(endpoint = endpoint_id, url = %endpoint.url, "webhook endpoint disabled after 3 days of failures");
+    tracing::warn!(
+        endpoint = endpoint_id,
+        "webhook endpoint disabled after 3 days of failures"
+    );
     Ok(Some(id.map(NotificationId)))
 }
 
@@ -547,18 +583,12 @@ pub async fn replay_delivery(
             id
         }
         DeliveryState::Delivered | DeliveryState::Dead => {
-            webhook_delivery::ActiveModel {
-                event_id: Set(delivery.event_id.clone()),
-                endpoint_id: Set(delivery.endpoint_id),
-                account_id: Set(delivery.account_id),
-                state: Set(DeliveryState::Pending.as_str().to_owned()),
-                attempts: Set(0),
-                next_attempt_at: Set(now),
-                lease_until: Set(None),
-                delivered_at: Set(None),
-                created_at: Set(now),
-                ..Default::default()
-            }
+            pending_delivery(
+                &delivery.event_id,
+                delivery.endpoint_id,
+                delivery.account_id,
+                now,
+            )
             .insert(&*tx)
             .await?
             .id

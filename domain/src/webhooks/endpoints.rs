@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use daypass_entity::{webhook_attempt, webhook_delivery, webhook_endpoint};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::Expr,
 };
 
 /// Endpoints per account.
@@ -180,22 +181,45 @@ pub struct EndpointChange {
     pub enabled: Option<bool>,
 }
 
-/// Changes an endpoint (admins). Enabling one clears why it was disabled and its
-/// failures; its DEAD deliveries stay so until replayed.
+/// The endpoint again inside a write transaction, under its account's lock: every
+/// writer of the account's events holds that lock, so none reads the endpoint
+/// while it changes.
+async fn locked_endpoint(
+    db: &Db,
+    tx: &crate::store::WriteTx,
+    endpoint: &webhook_endpoint::Model,
+) -> Result<webhook_endpoint::Model> {
+    db.lock_account(tx, endpoint.account_id).await?;
+    webhook_endpoint::Entity::find_by_id(endpoint.id)
+        .one(&**tx)
+        .await?
+        .ok_or_else(|| DomainError::not_found(format!("webhook endpoint {}", endpoint.id)))
+}
+
+/// Changes an endpoint (admins). Disabling one pauses its deliveries; enabling it
+/// clears why it was disabled and its failures; deliveries given up (DEAD) stay so
+/// until replayed.
 pub async fn update_endpoint(
     db: &Db,
     actor: &Actor,
     id: i32,
     change: EndpointChange,
 ) -> Result<EndpointView> {
-    let endpoint = visible_endpoint(db, actor, id).await?;
-    actor.can_manage(endpoint.account_id)?;
+    let seen = visible_endpoint(db, actor, id).await?;
+    actor.can_manage(seen.account_id)?;
+    let events = change.events.as_deref().map(checked_events).transpose()?;
+    let url = match &change.url {
+        Some(url) => Some(checked_url(db, url).await?),
+        None => None,
+    };
+    let tx = db.begin_write().await?;
+    let endpoint = locked_endpoint(db, &tx, &seen).await?;
     let mut am: webhook_endpoint::ActiveModel = endpoint.clone().into();
-    if let Some(events) = &change.events {
-        am.events = Set(stored(&checked_events(events)?));
+    if let Some(events) = &events {
+        am.events = Set(stored(events));
     }
-    if let Some(url) = &change.url {
-        am.url = Set(checked_url(db, url).await?);
+    if let Some(url) = url {
+        am.url = Set(url);
     }
     match change.enabled {
         Some(true) if !endpoint.enabled => {
@@ -209,39 +233,57 @@ pub async fn update_endpoint(
         }
         _ => {}
     }
-    let tx = db.begin_write().await?;
     let updated = am.update(&*tx).await?;
     tx.commit().await?;
     EndpointView::of(&updated)
 }
 
-/// Deletes an endpoint with its deliveries and their attempts (admins).
+/// Deletes an endpoint with its deliveries and their attempts (admins). It is
+/// disabled first, so nothing new is written for it, then emptied a few
+/// deliveries per transaction, so a long history never holds the database's
+/// writers (SQLite has one) for long.
 pub async fn delete_endpoint(db: &Db, actor: &Actor, id: i32) -> Result<bool> {
-    let endpoint = visible_endpoint(db, actor, id).await?;
-    actor.can_manage(endpoint.account_id)?;
+    let seen = visible_endpoint(db, actor, id).await?;
+    actor.can_manage(seen.account_id)?;
     let tx = db.begin_write().await?;
-    let deliveries: Vec<i32> = webhook_delivery::Entity::find()
-        .select_only()
-        .column(webhook_delivery::Column::Id)
-        .filter(webhook_delivery::Column::EndpointId.eq(id))
-        .into_tuple()
-        .all(&*tx)
-        .await?;
-    for chunk in deliveries.chunks(500) {
-        webhook_attempt::Entity::delete_many()
-            .filter(webhook_attempt::Column::DeliveryId.is_in(chunk.iter().copied()))
-            .exec(&*tx)
-            .await?;
-    }
-    webhook_delivery::Entity::delete_many()
-        .filter(webhook_delivery::Column::EndpointId.eq(id))
-        .exec(&*tx)
-        .await?;
-    let deleted = webhook_endpoint::Entity::delete_by_id(id)
+    locked_endpoint(db, &tx, &seen).await?;
+    webhook_endpoint::Entity::update_many()
+        .col_expr(webhook_endpoint::Column::Enabled, Expr::value(false))
+        .col_expr(
+            webhook_endpoint::Column::DisabledReason,
+            Expr::value(Some("being deleted")),
+        )
+        .filter(webhook_endpoint::Column::Id.eq(id))
         .exec(&*tx)
         .await?;
     tx.commit().await?;
-    Ok(deleted.rows_affected == 1)
+    loop {
+        let tx = db.begin_write().await?;
+        let deliveries: Vec<i32> = webhook_delivery::Entity::find()
+            .select_only()
+            .column(webhook_delivery::Column::Id)
+            .filter(webhook_delivery::Column::EndpointId.eq(id))
+            .limit(50)
+            .into_tuple()
+            .all(&*tx)
+            .await?;
+        if deliveries.is_empty() {
+            let deleted = webhook_endpoint::Entity::delete_by_id(id)
+                .exec(&*tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(deleted.rows_affected == 1);
+        }
+        webhook_attempt::Entity::delete_many()
+            .filter(webhook_attempt::Column::DeliveryId.is_in(deliveries.iter().copied()))
+            .exec(&*tx)
+            .await?;
+        webhook_delivery::Entity::delete_many()
+            .filter(webhook_delivery::Column::Id.is_in(deliveries))
+            .exec(&*tx)
+            .await?;
+        tx.commit().await?;
+    }
 }
 
 /// A new secret for the endpoint (admins), shown once; the old one keeps signing
@@ -253,10 +295,11 @@ pub async fn rotate_secret(
     id: i32,
     now: DateTime<Utc>,
 ) -> Result<(EndpointView, String)> {
-    let endpoint = visible_endpoint(db, actor, id).await?;
-    actor.can_manage(endpoint.account_id)?;
+    let seen = visible_endpoint(db, actor, id).await?;
+    actor.can_manage(seen.account_id)?;
     let secret = signature::new_secret();
     let tx = db.begin_write().await?;
+    let endpoint = locked_endpoint(db, &tx, &seen).await?;
     let mut am: webhook_endpoint::ActiveModel = endpoint.clone().into();
     am.previous_secret = Set(Some(endpoint.secret.clone()));
     am.previous_secret_until = Set(Some(now + ROTATION_OVERLAP));

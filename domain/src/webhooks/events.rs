@@ -67,6 +67,27 @@ pub(crate) async fn record_event(
     Ok(takers.len())
 }
 
+/// A delivery of `event_id` to `endpoint_id`, due now.
+pub(crate) fn pending_delivery(
+    event_id: &str,
+    endpoint_id: i32,
+    account_id: i32,
+    now: DateTime<Utc>,
+) -> webhook_delivery::ActiveModel {
+    webhook_delivery::ActiveModel {
+        id: NotSet,
+        event_id: Set(event_id.to_owned()),
+        endpoint_id: Set(endpoint_id),
+        account_id: Set(account_id),
+        state: Set(DeliveryState::Pending.as_str().to_owned()),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        lease_until: Set(None),
+        delivered_at: Set(None),
+        created_at: Set(now),
+    }
+}
+
 /// Writes the event and a PENDING delivery of it to each of `endpoint_ids`;
 /// returns the event's id.
 pub(crate) async fn write_event(
@@ -87,20 +108,11 @@ pub(crate) async fn write_event(
     })
     .exec_without_returning(&**tx)
     .await?;
-    webhook_delivery::Entity::insert_many(endpoint_ids.iter().map(|&endpoint_id| {
-        webhook_delivery::ActiveModel {
-            id: NotSet,
-            event_id: Set(id.clone()),
-            endpoint_id: Set(endpoint_id),
-            account_id: Set(account_id),
-            state: Set(DeliveryState::Pending.as_str().to_owned()),
-            attempts: Set(0),
-            next_attempt_at: Set(now),
-            lease_until: Set(None),
-            delivered_at: Set(None),
-            created_at: Set(now),
-        }
-    }))
+    webhook_delivery::Entity::insert_many(
+        endpoint_ids
+            .iter()
+            .map(|&endpoint_id| pending_delivery(&id, endpoint_id, account_id, now)),
+    )
     .exec_without_returning(&**tx)
     .await?;
     let settings = tx.shared::<super::WebhookSettings>();

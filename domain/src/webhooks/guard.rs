@@ -7,6 +7,9 @@
 use crate::error::{DomainError, Result};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// How long a name may take to resolve (within an attempt's 10 seconds).
+const RESOLVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process's policy, installed at start (development: anything goes).
 #[derive(Debug, Clone, Default)]
 pub struct AddressGuard {
@@ -40,8 +43,9 @@ impl AddressGuard {
         let bare = host.trim_matches(['[', ']']);
         let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((bare, port))
+            Err(_) => tokio::time::timeout(RESOLVE_WITHIN, tokio::net::lookup_host((bare, port)))
                 .await
+                .map_err(|_| DomainError::bad_input(format!("resolving {bare} took too long")))?
                 .map_err(|e| DomainError::bad_input(format!("cannot resolve {bare}: {e}")))?
                 .collect(),
         };
@@ -50,19 +54,18 @@ impl AddressGuard {
                 "{bare} resolves to no address"
             )));
         }
-        if !self.allows_any_address(bare)
-            && let Some(refused) = addrs.iter().find(|a| is_internal(a.ip()))
-        {
+        // The message names no address: it would map the network to whoever asks.
+        if !self.allows_any_address(bare) && addrs.iter().any(|a| is_internal(a.ip())) {
             return Err(DomainError::bad_input(format!(
-                "{bare} resolves to {}, a loopback, private or link-local address; \
-                 list the host in DAYPASS_WEBHOOK_ALLOW_HOSTS to allow it",
-                refused.ip()
+                "{bare} resolves to a loopback, private or link-local address; \
+                 list the host in DAYPASS_WEBHOOK_ALLOW_HOSTS to allow it"
             )));
         }
         Ok(addrs)
     }
 
-    /// Checks a URL's host (at registration and before each delivery).
+    /// Checks a URL's host (at registration, and before a delivery to an address
+    /// written in the URL, which no resolver sees).
     pub async fn check_url(&self, url: &url::Url) -> Result<()> {
         let host = url
             .host_str()
@@ -94,9 +97,14 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
         || ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_multicast()
-        // 0.0.0.0/8 ("this network"), 100.64.0.0/10 (carrier-grade NAT).
+        // 0.0.0.0/8 ("this network"), 100.64.0.0/10 (carrier-grade NAT),
+        // 192.0.0.0/24 (protocol assignments), 198.18.0.0/15 (benchmarking),
+        // 240.0.0.0/4 (reserved).
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && ip.octets()[2] == 0)
+        || (a == 198 && (b == 18 || b == 19))
+        || a >= 240
 }
 
 fn internal_v6(ip: Ipv6Addr) -> bool {
@@ -108,13 +116,21 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
         || (first & 0xffc0) == 0xfec0
-        // ::ffff:0:0/96 is handled above; ::/96 (IPv4-compatible) and 64:ff9b::/96
-        // (NAT64) may carry an inward IPv4 address.
+        // ::ffff:0:0/96 is handled above; ::/96 (IPv4-compatible), 64:ff9b::/96 and
+        // 64:ff9b:1::/48 (NAT64) and 2002::/16 (6to4) may carry an inward IPv4
+        // address; 2001::/32 (Teredo) tunnels to anywhere.
         || ip.to_ipv4().is_some_and(internal_v4)
-        || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || (ip.segments()[..2] == [0x64, 0xff9b] && internal_v4(low_v4(ip)))
+        || (first == 0x2002
             && internal_v4(Ipv4Addr::from(
-                (u32::from(ip.segments()[6]) << 16) | u32::from(ip.segments()[7]),
+                (u32::from(ip.segments()[1]) << 16) | u32::from(ip.segments()[2]),
             )))
+        || (first == 0x2001 && ip.segments()[1] == 0)
+}
+
+/// The IPv4 address in the last 32 bits.
+fn low_v4(ip: Ipv6Addr) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(ip.segments()[6]) << 16) | u32::from(ip.segments()[7]))
 }
 
 #[cfg(test)]
