@@ -24,6 +24,7 @@ pub mod rollups;
 pub mod rules;
 #[cfg(test)]
 mod rules_properties;
+pub mod scheduled_reports;
 pub mod sessions;
 pub mod store;
 pub mod subscriptions;

@@ -24,6 +24,8 @@ use daypass_entity::{ledger_entry, lot, product};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+pub mod usage_csv;
+
 /// The longest horizon a forecast looks ahead. (A report's range is unbounded: it
 /// costs what the days holding data cost.)
 pub const MAX_FORECAST_DAYS: i64 = 3_700;

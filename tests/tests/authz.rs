@@ -65,6 +65,8 @@ struct Fixture {
     endpoints: Vec<String>,
     /// A webhook delivery of A.
     delivery_a: String,
+    /// One report subscription of A per caller (made by its admin), for the removals.
+    report_subscriptions: Vec<String>,
 }
 
 impl Fixture {
@@ -327,6 +329,27 @@ fn rows() -> Vec<Row> {
             expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
         },
         Row {
+            field: "account.reportSubscriptions",
+            doc: "query($a: ID!) { account(id: $a) { reportSubscriptions { id recipients createdBy { id } } } }",
+            vars: account_a,
+            expect: [Unauth, Forbid, Yes, Yes, Refused, Yes],
+        },
+        Row {
+            // Analysts subscribe themselves; the operator has no account or address
+            // to subscribe; another account's admin subscribes in their own account.
+            field: "subscribeToReport",
+            doc: "mutation { subscribeToReport(schedule: WEEKLY) { id } }",
+            vars: none,
+            expect: [Unauth, Forbid, Yes, Yes, Yes, Forbid],
+        },
+        Row {
+            // The admin's subscriptions: an analyst removes only their own.
+            field: "unsubscribeFromReport",
+            doc: "mutation($id: ID!) { unsubscribeFromReport(id: $id) }",
+            vars: |f, i| json!({"id": f.report_subscriptions[i]}),
+            expect: [Unauth, Forbid, Forbid, Yes, Refused, Yes],
+        },
+        Row {
             field: "advanceClock",
             doc: "mutation { advanceClock(hours: 0, minutes: 0) }",
             vars: none,
@@ -429,6 +452,16 @@ async fn fixture(s: &impl Api) -> Fixture {
             .ok(Some(&admin_a), "mutation { createWebhookEndpoint(input: {url: \"http://127.0.0.1:9/authz\", events: [BALANCE_LOW]}) { endpoint { id } } }", json!({}))
             .await["createWebhookEndpoint"]["endpoint"]["id"]));
     }
+    let mut report_subscriptions = Vec::new();
+    for _ in 0..CALLERS.len() {
+        report_subscriptions.push(id(&s
+            .ok(
+                Some(&admin_a),
+                "mutation { subscribeToReport(schedule: MONTHLY) { id } }",
+                json!({}),
+            )
+            .await["subscribeToReport"]["id"]));
+    }
     let delivery_a = id(&s
         .ok(
             Some(&admin_a),
@@ -437,6 +470,7 @@ async fn fixture(s: &impl Api) -> Fixture {
         )
         .await["sendTestWebhook"]["id"]);
     Fixture {
+        report_subscriptions,
         alert_rules,
         endpoints,
         delivery_a,

@@ -40,6 +40,7 @@ async fn snapshot(db: &Db) -> Vec<(String, i64)> {
         "webhook_endpoints",
         "webhook_events",
         "webhook_deliveries",
+        "report_subscriptions",
     ] {
         let row = db
             .conn()
@@ -201,6 +202,14 @@ async fn a_corpus_of_hostile_requests_is_refused_and_changes_nothing() {
         ("a webhook with a 1 MB URL", Some(admin), doc("mutation($u: String!) { createWebhookEndpoint(input: {url: $u, events: [BALANCE_LOW]}) { secret } }".into(), json!({"u": format!("https://example.com/{}", "a".repeat(1 << 20))}))),
         ("a replay of a forged delivery id", Some(admin), doc("mutation { replayWebhookDelivery(id: \"1 OR 1=1\") { id } }".into(), json!({}))),
         ("a test event to another id", Some(admin), doc("mutation { sendTestWebhook(endpointId: \"999999\") { id } }".into(), json!({}))),
+        ("a report to 10,000 addresses", Some(admin), doc("mutation($r: [String!]) { subscribeToReport(schedule: WEEKLY, recipients: $r) { id } }".into(), json!({"r": (0..10_000).map(|i| format!("x{i}@hostile.test")).collect::<Vec<_>>()}))),
+        ("a report to someone outside the account", Some(admin), doc("mutation($r: [String!]) { subscribeToReport(schedule: WEEKLY, recipients: $r) { id } }".into(), json!({"r": ["someone@elsewhere.test"]}))),
+        ("a report to a header injection", Some(admin), doc("mutation($r: [String!]) { subscribeToReport(schedule: WEEKLY, recipients: $r) { id } }".into(), json!({"r": ["admin@hostile.test\r\nBcc: all@evil.test"]}))),
+        ("a report to a 1 MB address", Some(admin), doc("mutation($r: [String!]) { subscribeToReport(schedule: WEEKLY, recipients: $r) { id } }".into(), json!({"r": [format!("{}@hostile.test", "a".repeat(1 << 20))]}))),
+        ("a report to no one", Some(admin), doc("mutation($r: [String!]) { subscribeToReport(schedule: WEEKLY, recipients: $r) { id } }".into(), json!({"r": []}))),
+        ("a report on a schedule that does not exist", Some(admin), doc("mutation { subscribeToReport(schedule: HOURLY) { id } }".into(), json!({}))),
+        ("a report unsubscribed by a forged id", Some(admin), doc("mutation { unsubscribeFromReport(id: \"1 OR 1=1\") }".into(), json!({}))),
+        ("a report unsubscribed by another id", Some(admin), doc("mutation { unsubscribeFromReport(id: \"999999\") }".into(), json!({}))),
         ("a forged key", Some("dp_forgedforgedforgedforgedforgedforgedforged"), doc(format!("mutation {{ {create_user} }}"), json!({}))),
         ("a truncated key", Some(truncated), doc(format!("mutation {{ {create_user} }}"), json!({}))),
         ("no key", None, doc(format!("mutation {{ {create_user} }}"), json!({}))),

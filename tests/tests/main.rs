@@ -20,5 +20,6 @@ mod ops;
 mod reports;
 mod rules;
 mod scale;
+mod scheduled_reports;
 mod sessions;
 mod webhooks;

@@ -2,8 +2,9 @@
 
 use chrono::SecondsFormat;
 use daypass_domain::notifications::{Delivery, NotificationKind};
+use daypass_domain::scheduled_reports::ReportSchedule;
 use lettre::Message;
-use lettre::message::{Mailbox, MultiPart, header};
+use lettre::message::{Mailbox, MessageBuilder, MultiPart, header};
 
 /// Sender and links for every e-mail.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub fn message_id(id: i32, public_url: &str) -> String {
     format!("<notification-{id}@{host}>")
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -63,7 +64,7 @@ fn page_of(d: &Delivery) -> &'static str {
 }
 
 /// Subject, and body paragraphs (plain text; HTML is derived from them).
-fn wording(d: &Delivery) -> (String, Vec<String>) {
+pub(crate) fn wording(d: &Delivery) -> (String, Vec<String>) {
     let f = &d.facts;
     let name = &f.account_name;
     match d.kind {
@@ -125,10 +126,26 @@ fn wording(d: &Delivery) -> (String, Vec<String>) {
                 lines,
             )
         }
-        NotificationKind::ScheduledReport => (
-            format!("Daypass: the usage report of {name}"),
-            vec![format!("The usage report of {name}.")],
-        ),
+        // The subject and the opening line; the figures and the attachment come from
+        // the report's content (`report_email`).
+        NotificationKind::ScheduledReport => {
+            let (every, from, to) = match &f.report {
+                Some(r) => {
+                    let every = match r.schedule.parse() {
+                        Ok(ReportSchedule::Monthly) => "monthly",
+                        _ => "weekly",
+                    };
+                    (every, r.from.to_string(), r.to.to_string())
+                }
+                None => ("", String::new(), String::new()),
+            };
+            (
+                format!("Daypass: {every} usage report of {name}, {from} to {to}"),
+                vec![format!(
+                    "Usage of {name} from {from} to {to} (UTC days, both included)."
+                )],
+            )
+        }
         NotificationKind::ExpiryReminder => {
             let mut lines = vec![format!(
                 "Tokens of {name} expire soon; unused tokens do not roll over."
@@ -154,14 +171,19 @@ fn wording(d: &Delivery) -> (String, Vec<String>) {
     }
 }
 
-/// The e-mail for one delivery, to every recipient.
-pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> {
-    let (subject, paragraphs) = wording(d);
-    let link = format!(
+/// The link to the console page an e-mail is about.
+pub(crate) fn link_of(d: &Delivery, settings: &MailSettings) -> String {
+    format!(
         "{}/#{}",
         settings.public_url.trim_end_matches('/'),
         page_of(d)
-    );
+    )
+}
+
+/// The e-mail for one delivery, to every recipient.
+pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> {
+    let (subject, paragraphs) = wording(d);
+    let link = link_of(d, settings);
     let text = format!("{}\n\nOpen Daypass: {link}\n", paragraphs.join("\n\n"));
     let html = format!(
         "<!doctype html><html><body><h1>{}</h1>{}<p><a href=\"{}\">Open Daypass</a></p></body></html>",
@@ -172,6 +194,17 @@ pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> 
             .collect::<String>(),
         escape(&link)
     );
+    envelope(d, settings, subject)?
+        .multipart(MultiPart::alternative_plain_html(text, html))
+        .map_err(|e| format!("building the e-mail: {e}"))
+}
+
+/// Sender, subject, Message-ID and recipients of a delivery's e-mail.
+pub(crate) fn envelope(
+    d: &Delivery,
+    settings: &MailSettings,
+    subject: String,
+) -> Result<MessageBuilder, String> {
     let from: Mailbox = settings
         .from
         .parse()
@@ -200,9 +233,7 @@ pub fn render(d: &Delivery, settings: &MailSettings) -> Result<Message, String> 
     if addressed == 0 {
         return Err("no recipient can be mailed".to_owned());
     }
-    builder
-        .multipart(MultiPart::alternative_plain_html(text, html))
-        .map_err(|e| format!("building the e-mail: {e}"))
+    Ok(builder)
 }
 
 #[cfg(test)]

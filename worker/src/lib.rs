@@ -6,7 +6,7 @@
 //! - the lapsed-session sweep, every minute;
 //! - the usage rollup, every five minutes;
 //! - the outbox dispatcher, every 10 seconds: records due expiry reminders and
-//!   (re-)enqueues every due notification;
+//!   scheduled reports, and (re-)enqueues every due notification;
 //! - the notification sender, consuming the job queue (SQLite, PostgreSQL or Redis);
 //! - the webhook sender, beside the queue (see [`webhooks`]).
 
@@ -14,6 +14,7 @@ pub mod email;
 pub mod expiry;
 pub mod mailer;
 pub mod notify;
+pub mod report_email;
 pub mod rollup;
 pub mod sessions;
 pub mod webhooks;

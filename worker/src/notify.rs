@@ -3,8 +3,9 @@
 //! due notification, so a crash between commit and push, or mid-send, loses none.
 
 use crate::WorkerDeps;
-use crate::email;
-use daypass_domain::notifications::{self, NotificationState};
+use crate::{email, report_email};
+use daypass_domain::notifications::{self, Delivery, NotificationKind, NotificationState};
+use daypass_domain::scheduled_reports;
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub async fn deliver(deps: &WorkerDeps, id: i32) -> daypass_domain::Result<Attem
         notifications::mark_dead(&deps.db, id, "the account has no active admin to notify").await?;
         return Ok(Attempt::Failed(NotificationState::Dead));
     }
-    let sent = match email::render(&delivery, &deps.mail) {
+    let sent = match compose(deps, &delivery).await {
         Ok(message) => deps.mailer.send(message).await,
         Err(e) => Err(e),
     };
@@ -45,11 +46,26 @@ pub async fn deliver(deps: &WorkerDeps, id: i32) -> daypass_domain::Result<Attem
     }
 }
 
-/// The periodic pass: expiry reminders that came due, then every due notification
-/// enqueued.
+/// The e-mail of a delivery; a scheduled report's is written from the report as it
+/// reads now, with its CSV attached.
+async fn compose(deps: &WorkerDeps, delivery: &Delivery) -> Result<lettre::Message, String> {
+    match delivery.kind {
+        NotificationKind::ScheduledReport => {
+            let content = scheduled_reports::report_content(&deps.db, &delivery.facts)
+                .await
+                .map_err(|e| format!("reading the report: {e}"))?;
+            report_email::render_report(delivery, &content, &deps.mail)
+        }
+        _ => email::render(delivery, &deps.mail),
+    }
+}
+
+/// The periodic pass: expiry reminders and scheduled reports that came due, then
+/// every due notification enqueued.
 pub async fn dispatch_due(deps: &WorkerDeps) -> daypass_domain::Result<usize> {
     let now = deps.clock.now();
     notifications::record_expiry_reminders(&deps.db, now).await?;
+    scheduled_reports::record_due_reports(&deps.db, now).await?;
     let due = notifications::due_notifications(&deps.db, now, 500).await?;
     deps.queue.push_notifications(&due).await;
     Ok(due.len())
@@ -60,6 +76,7 @@ pub async fn dispatch_due(deps: &WorkerDeps) -> daypass_domain::Result<usize> {
 pub async fn deliver_due_now(deps: &WorkerDeps) -> daypass_domain::Result<(usize, usize)> {
     let now = deps.clock.now();
     notifications::record_expiry_reminders(&deps.db, now).await?;
+    scheduled_reports::record_due_reports(&deps.db, now).await?;
     let (mut sent, mut failed) = (0, 0);
     for id in notifications::due_notifications(&deps.db, now, 10_000).await? {
         match deliver(deps, id).await? {

@@ -9,6 +9,7 @@ pub mod mutation;
 pub mod parsed;
 pub mod query;
 pub mod rate;
+pub mod report_subscriptions;
 pub mod reports;
 pub mod sessions;
 pub mod subscription;
@@ -27,6 +28,7 @@ pub struct PlainMutation(
     mutation::Mutation,
     sessions::SessionMutation,
     alerts::AlertMutation,
+    report_subscriptions::ReportSubscriptionMutation,
 );
 
 pub type PlainSchema = Schema<query::Query, PlainMutation, Subscription>;
@@ -39,6 +41,7 @@ pub struct MutationWithClock(
     mutation::Mutation,
     sessions::SessionMutation,
     alerts::AlertMutation,
+    report_subscriptions::ReportSubscriptionMutation,
     mutation::TestClockMutation,
 );
 

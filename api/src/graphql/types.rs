@@ -364,6 +364,12 @@ impl Account {
     ) -> Result<super::alerts::WebhookDeliveryConnection> {
         super::alerts::account_webhook_deliveries(ctx, self.0.id, endpoint_id, first, after).await
     }
+    async fn report_subscriptions(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::report_subscriptions::ReportSubscription>> {
+        super::report_subscriptions::account_report_subscriptions(ctx, self.0.id).await
+    }
 }
 
 /// An e-mail to the account's admins, from the outbox: PENDING until sent (SENT) or
