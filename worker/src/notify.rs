@@ -65,7 +65,11 @@ async fn compose(deps: &WorkerDeps, delivery: &Delivery) -> Result<lettre::Messa
 pub async fn dispatch_due(deps: &WorkerDeps) -> daypass_domain::Result<usize> {
     let now = deps.clock.now();
     notifications::record_expiry_reminders(&deps.db, now).await?;
-    scheduled_reports::record_due_reports(&deps.db, now).await?;
+    // A report that cannot be recorded now is tried again on the next tick; the
+    // e-mails already waiting still go.
+    if let Err(error) = scheduled_reports::record_due_reports(&deps.db, now).await {
+        tracing::error!(%error, "recording due scheduled reports failed");
+    }
     let due = notifications::due_notifications(&deps.db, now, 500).await?;
     deps.queue.push_notifications(&due).await;
     Ok(due.len())

@@ -18,7 +18,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr
 /// several workers running the pass at once exactly one records a period; the
 /// dedupe key (`report:{subscription}:{first day}`) refuses a second record of a
 /// period in any case. A crash before the commit leaves the subscription due, and
-/// the next pass records the same period.
+/// the next pass records the same period. One subscription that fails does not
+/// hold up the others; the first failure is returned after all were tried.
 ///
 /// Periods missed entirely (no worker ran across several runs) are not backfilled:
 /// only the latest ended period is sent, as its recipients would otherwise get a
@@ -30,15 +31,29 @@ pub async fn record_due_reports(db: &Db, now: DateTime<Utc>) -> Result<Vec<i32>>
         .all(db.conn())
         .await?;
     let mut created = Vec::new();
+    let mut first_failure = None;
     for model in due {
-        let sub = ReportSubscription::from_model(model)?;
-        let tx = db.begin_write().await?;
-        if let Some(id) = record_period(&tx, &sub, now).await? {
-            created.push(id);
+        let id = model.id;
+        let recorded = async {
+            let sub = ReportSubscription::from_model(model)?;
+            let tx = db.begin_write().await?;
+            let created = record_period(&tx, &sub, now).await?;
+            tx.commit().await?;
+            Ok::<_, crate::error::DomainError>(created)
+        };
+        match recorded.await {
+            Ok(Some(notification)) => created.push(notification),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(subscription = id, %error, "scheduled report not recorded");
+                first_failure.get_or_insert(error);
+            }
         }
-        tx.commit().await?;
     }
-    Ok(created)
+    match first_failure {
+        Some(error) => Err(error),
+        None => Ok(created),
+    }
 }
 
 /// Claims `sub`'s period in `tx` and records its e-mail; `None` when another pass
