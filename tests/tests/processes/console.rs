@@ -433,6 +433,31 @@ async fn console_in_a_real_browser() {
     // (and is retried meanwhile). Nothing could send it earlier, however slow the
     // story ran against the workers' own schedule.
     smtp.wait_for(2, std::time::Duration::from_secs(60)).await;
+    // Received is not yet recorded as sent: the server may still await the reply.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let d = s
+            .ok(
+                Some(&admin.key),
+                "{ account { notifications { edges { node { sentAt } } } } }",
+                json!({}),
+            )
+            .await;
+        let sent = d["account"]["notifications"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["node"]["sentAt"].is_string())
+            .count();
+        if sent >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the low-balance e-mails were never recorded as sent: {d}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     smtp.set_down(true);
     s.ok(OP, "mutation { advanceClock(hours: 144) }", json!({}))
         .await;
