@@ -69,6 +69,8 @@ struct Shared {
     received: Mutex<Vec<Received>>,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// A body containing this is answered 400, whatever the status set.
+    refuse_containing: Mutex<Option<String>>,
     /// Requests being answered now, and the most there ever were at once.
     in_flight: AtomicU64,
     most_in_flight: AtomicU64,
@@ -119,13 +121,24 @@ async fn receive(
             .unwrap_or_default()
             .to_owned()
     };
-    let answered = shared.status.load(Ordering::SeqCst);
+    let body_text = String::from_utf8_lossy(&body).into_owned();
+    let refused = shared
+        .refuse_containing
+        .lock()
+        .unwrap()
+        .as_deref()
+        .is_some_and(|needle| body_text.contains(needle));
+    let answered = if refused {
+        400
+    } else {
+        shared.status.load(Ordering::SeqCst)
+    };
     shared.received.lock().unwrap().push(Received {
         path: uri.path().to_owned(),
         id: header("webhook-id"),
         timestamp: header("webhook-timestamp").parse().unwrap_or_default(),
         signature: header("webhook-signature"),
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: body_text,
         headers: headers.clone(),
         answered,
         at: Instant::now(),
@@ -148,6 +161,7 @@ impl WebhookReceiver {
             received: Mutex::default(),
             status: AtomicU16::new(204),
             delay_ms: AtomicU64::new(0),
+            refuse_containing: Mutex::default(),
             in_flight: AtomicU64::new(0),
             most_in_flight: AtomicU64::new(0),
             arrived: tokio::sync::Notify::new(),
@@ -177,6 +191,12 @@ impl WebhookReceiver {
     /// The status every later request is answered with (e.g. 503: down).
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers 400 to every body containing `needle` (a receiver that keeps
+    /// rejecting one event).
+    pub fn refuse_containing(&self, needle: &str) {
+        *self.shared.refuse_containing.lock().unwrap() = Some(needle.to_owned());
     }
 
     /// How long the receiver waits before answering.

@@ -779,3 +779,58 @@ async fn a_slow_endpoints_backlog_does_not_hold_up_another_account() {
     );
     assert!(slow.most_in_flight() <= 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_delivery_refused_for_three_days_is_given_up_alone() {
+    let receiver = WebhookReceiver::start().await;
+    receiver.refuse_containing("\"tokens\":77");
+    let s = TestServer::start_with(&[("DAYPASS_TEST_CLOCK", "1"), ("DAYPASS_WORKERS", "external")])
+        .await;
+    let acct = account(&s, "Picky").await;
+    endpoint(&s, &acct.admin, &receiver.url, "[PURCHASE_COMPLETED]").await;
+    buy(&s, &acct.admin, 77).await;
+    run_maintenance(&s).await;
+    // Other events keep getting through, so the endpoint is healthy throughout.
+    for hour in 1..=73 {
+        advance(&s, 1, 0).await;
+        if hour % 12 == 0 {
+            buy(&s, &acct.admin, 10).await;
+        }
+        run_maintenance(&s).await;
+    }
+    let log = deliveries(&s, &acct).await;
+    let refused = log
+        .iter()
+        .find(|d| int(&d["payload"]["data"]["tokens"]) == 77)
+        .unwrap();
+    assert_eq!(refused["state"], "DEAD", "{refused}");
+    assert!(
+        refused["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["status"] == 400)
+    );
+    assert!(
+        log.iter()
+            .filter(|d| int(&d["payload"]["data"]["tokens"]) == 10)
+            .all(|d| d["state"] == "DELIVERED"),
+        "{log:#?}"
+    );
+    let e = s
+        .ok(
+            OP,
+            "query($a: ID!) { account(id: $a) { webhookEndpoints { enabled } } }",
+            json!({"a": acct.id}),
+        )
+        .await;
+    assert_eq!(e["account"]["webhookEndpoints"][0]["enabled"], true);
+    let tried = receiver.received().len();
+    advance(&s, 3, 0).await;
+    run_maintenance(&s).await;
+    assert_eq!(
+        receiver.received().len(),
+        tried,
+        "no attempt after giving up"
+    );
+}
