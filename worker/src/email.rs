@@ -239,6 +239,7 @@ pub(crate) fn envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use daypass_domain::notifications::Facts;
 
     #[test]
     fn numbers_have_thousands_separators() {
@@ -247,7 +248,6 @@ mod tests {
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(-1234567), "-1,234,567");
     }
-    use daypass_domain::notifications::Facts;
 
     #[test]
     fn low_balance_mail_names_account_balance_threshold_and_link() {
