@@ -182,7 +182,7 @@ pub async fn create_alert_rule(
     account_id: Option<i32>,
     input: NewAlertRule,
     now: DateTime<Utc>,
-) -> Result<AlertRule> {
+) -> Result<AlertRuleView> {
     let account_id = actor.target_account(account_id)?;
     actor.can_manage(account_id)?;
     let input = validate(input)?;
@@ -210,7 +210,11 @@ pub async fn create_alert_rule(
     .await?;
     count_rules(&tx, account_id).await?;
     tx.commit().await?;
-    AlertRule::from_model(created)
+    let rule = AlertRule::from_model(created)?;
+    armed(db, account_id, vec![rule], now)
+        .await?
+        .pop()
+        .ok_or_else(|| DomainError::Internal("a rule without its view".into()))
 }
 
 /// Deletes a rule of the caller's account (admins; operators any).
@@ -249,6 +253,16 @@ pub async fn list_alert_rules(
 ) -> Result<Vec<AlertRuleView>> {
     actor.can_read_books(account_id)?;
     let rules = rules_of(db.conn(), &[account_id]).await?;
+    armed(db, account_id, rules, now).await
+}
+
+/// The rules with whether each is armed at `now`.
+async fn armed(
+    db: &Db,
+    account_id: i32,
+    rules: Vec<AlertRule>,
+    now: DateTime<Utc>,
+) -> Result<Vec<AlertRuleView>> {
     if rules.is_empty() {
         return Ok(Vec::new());
     }

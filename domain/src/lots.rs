@@ -180,16 +180,18 @@ async fn record_purchase_event(
     lot: &lot::Model,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let data = serde_json::json!({
-        "lotId": lot.id.to_string(),
-        "tokens": lot.quantity,
-        "unitPriceMinor": lot.unit_price_minor,
-        "totalMinor": lot.unit_price_minor.saturating_mul(lot.quantity),
-        "currency": lot.currency,
-        "purchasedAt": lot.purchased_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "expiresAt": lot.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "balance": crate::accounts::balance_at(&**tx, lot.account_id, now).await?.get(),
-    });
+    let data = async {
+        Ok(serde_json::json!({
+            "lotId": lot.id.to_string(),
+            "tokens": lot.quantity,
+            "unitPriceMinor": lot.unit_price_minor,
+            "totalMinor": lot.unit_price_minor.saturating_mul(lot.quantity),
+            "currency": lot.currency,
+            "purchasedAt": lot.purchased_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "expiresAt": lot.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "balance": crate::accounts::balance_at(&**tx, lot.account_id, now).await?.get(),
+        }))
+    };
     crate::webhooks::record_event(
         tx,
         lot.account_id,
@@ -286,12 +288,14 @@ pub async fn sweep_expired(db: &Db, now: DateTime<Utc>) -> Result<u64> {
         .insert(&*tx)
         .await?;
         announce_balance_change(&*tx, current.account_id).await?;
-        let data = serde_json::json!({
-            "lotId": current.id.to_string(),
-            "tokensExpired": left,
-            "expiredAt": current.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "balance": crate::accounts::balance_at(&*tx, current.account_id, now).await?.get(),
-        });
+        let data = async {
+            Ok(serde_json::json!({
+                "lotId": current.id.to_string(),
+                "tokensExpired": left,
+                "expiredAt": current.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "balance": crate::accounts::balance_at(&*tx, current.account_id, now).await?.get(),
+            }))
+        };
         crate::webhooks::record_event(&tx, current.account_id, WebhookEvent::LotExpired, data, now)
             .await?;
         tx.commit().await?;

@@ -253,7 +253,14 @@ pub(crate) async fn on_charge(
             "alertRuleId": crossing.rule.map(|r| r.id.to_string()),
             "chargeId": charge_id.get().to_string(),
         });
-        webhooks::record_event(tx, account.id, WebhookEvent::BalanceLow, data, now).await?;
+        webhooks::record_event(
+            tx,
+            account.id,
+            WebhookEvent::BalanceLow,
+            async { Ok(data) },
+            now,
+        )
+        .await?;
     }
     Ok(created)
 }
@@ -287,7 +294,14 @@ pub(crate) async fn on_exhausted(
     .await?;
     if id.is_some() {
         let data = serde_json::json!({ "balance": balance.get() });
-        webhooks::record_event(tx, account.id, WebhookEvent::TokensExhausted, data, now).await?;
+        webhooks::record_event(
+            tx,
+            account.id,
+            WebhookEvent::TokensExhausted,
+            async { Ok(data) },
+            now,
+        )
+        .await?;
     }
     Ok(id.map(NotificationId))
 }
@@ -344,7 +358,14 @@ pub async fn record_expiry_reminders(db: &Db, now: DateTime<Utc>) -> Result<Vec<
                 "remaining": lot.remaining,
                 "expiresAt": lot.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             });
-            webhooks::record_event(&tx, account.id, WebhookEvent::LotExpiring, data, now).await?;
+            webhooks::record_event(
+                &tx,
+                account.id,
+                WebhookEvent::LotExpiring,
+                async { Ok(data) },
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
     }

@@ -245,7 +245,7 @@ impl AlertMutation {
     ) -> Result<AlertRule> {
         let r = Req::of(ctx)?;
         let account_id = parse_opt_id(account_id.as_ref(), "account")?;
-        let rule = alerts::create_alert_rule(
+        let view = alerts::create_alert_rule(
             r.db(),
             r.actor(),
             account_id,
@@ -259,13 +259,7 @@ impl AlertMutation {
         )
         .await
         .gql()?;
-        let armed = alerts::list_alert_rules(r.db(), r.actor(), rule.account_id, r.now)
-            .await
-            .gql()?
-            .into_iter()
-            .find(|v| v.rule.id == rule.id)
-            .is_some_and(|v| v.armed);
-        Ok(AlertRule(AlertRuleView { rule, armed }))
+        Ok(AlertRule(view))
     }
 
     async fn delete_alert_rule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {

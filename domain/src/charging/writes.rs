@@ -251,7 +251,10 @@ async fn record_outcomes(
         .collect();
     charged.sort_unstable();
     charged.dedup();
-    let alert_rules = crate::alerts::rules_of(&**tx, &charged).await?;
+    let mut alert_rules: HashMap<i32, Vec<crate::alerts::AlertRule>> = HashMap::new();
+    for rule in crate::alerts::rules_of(&**tx, &charged).await? {
+        alert_rules.entry(rule.account_id).or_default().push(rule);
+    }
     for (item, p) in items.iter().zip(planned) {
         let now = item.record.now;
         let account = held
@@ -281,11 +284,6 @@ async fn record_outcomes(
                 ..
             } => {
                 let charge_id = charges.of(item)?;
-                let rules: Vec<_> = alert_rules
-                    .iter()
-                    .filter(|r| r.account_id == account.id)
-                    .cloned()
-                    .collect();
                 notes.extend(
                     notifications::on_charge(
                         tx,
@@ -293,7 +291,7 @@ async fn record_outcomes(
                         balance_before,
                         balance_before - tokens,
                         threshold,
-                        &rules,
+                        alert_rules.get(&account.id).map_or(&[], Vec::as_slice),
                         bought,
                         charge_id,
                         now,

@@ -217,14 +217,16 @@ async fn refund_if_short(
         return Ok(false);
     }
     give_back(tx, &charge, now).await?;
-    let data = serde_json::json!({
-        "chargeId": charge.id.to_string(),
-        "tokens": charge.tokens,
-        "userId": charge.user_id.to_string(),
-        "productId": charge.product_id.to_string(),
-        "sessionId": session.id,
-        "balance": crate::accounts::balance_at(&**tx, charge.account_id, now).await?.get(),
-    });
+    let data = async {
+        Ok(serde_json::json!({
+            "chargeId": charge.id.to_string(),
+            "tokens": charge.tokens,
+            "userId": charge.user_id.to_string(),
+            "productId": charge.product_id.to_string(),
+            "sessionId": session.id,
+            "balance": crate::accounts::balance_at(&**tx, charge.account_id, now).await?.get(),
+        }))
+    };
     crate::webhooks::record_event(
         tx,
         charge.account_id,

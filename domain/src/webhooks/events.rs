@@ -39,13 +39,14 @@ fn new_event_id() -> String {
 }
 
 /// Records `event` with its cause, in the cause's transaction, for every enabled
-/// endpoint of the account that takes it; nothing when none does. The sender is
+/// endpoint of the account that takes it; nothing when none does (and `data`, a
+/// future not yet started, is then never read). The sender is
 /// woken once the transaction commits. Returns the deliveries made.
 pub(crate) async fn record_event(
     tx: &WriteTx,
     account_id: i32,
     event: WebhookEvent,
-    data: serde_json::Value,
+    data: impl std::future::Future<Output = Result<serde_json::Value>>,
     now: DateTime<Utc>,
 ) -> Result<usize> {
     let endpoints = webhook_endpoint::Entity::find()
@@ -63,7 +64,8 @@ pub(crate) async fn record_event(
     if takers.is_empty() {
         return Ok(0);
     }
-    write_event(tx, account_id, event, data, &takers, now).await?;
+    // The data is read only now: a cause with no endpoint to tell pays nothing.
+    write_event(tx, account_id, event, data.await?, &takers, now).await?;
     Ok(takers.len())
 }
 
